@@ -1,0 +1,1 @@
+"""Benchmarks: figures saved as JSON + Markdown (+ PNG), always beside their baseline."""

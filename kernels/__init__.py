@@ -1,0 +1,4 @@
+"""Numba-compiled streaming numerics: filters, wavelet-packet denoiser, features, ``FrontEnd``.
+
+Pure: arrays in, arrays out; no I/O, no torch.
+"""

@@ -1,0 +1,1 @@
+"""Learned models on arrays: xLSTM regressor and step engine, Lag-Llama, baselines, metrics, bundles."""

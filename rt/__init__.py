@@ -1,0 +1,1 @@
+"""Everything with time, processes and I/O: recordings, LSL, the loop, ZeroMQ, the CLI."""

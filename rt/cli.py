@@ -1,0 +1,64 @@
+"""The ``exoloop`` entry point: parses arguments and dispatches to ``rt.commands.<name>``.
+
+Sub-command modules are imported lazily so that ``exoloop --help`` stays fast and a broken
+optional part cannot stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: sub-command -> (module under rt.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "replay the bundled recording through the whole loop (player, loop, forecaster, controller)"),
+    "play": ("play", "LSL outlet replaying a recording at its real pace"),
+    "run": ("run", "the live loop on an LSL stream"),
+    "replay": ("replay", "the loop on a recording without LSL (paced or --fast)"),
+    "features": ("features", "the front end over a recording, chunk by chunk, as live"),
+    "train": ("train", "train a model bundle on recordings"),
+    "evaluate": ("evaluate", "evaluate a model bundle on recordings"),
+    "forecast": ("forecast", "Lag-Llama: serve horizons, fine-tune, evaluate"),
+    "bench": ("bench", "benchmarks side by side with their baselines"),
+    "record": ("record", "crash-safe recording of a live LSL stream"),
+    "controller": ("controller", "reference actuator controller (subscribes to pred/horizon/status)"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exoloop",
+        description="Real-time sEMG -> joint angles/torques for a lower-limb exoskeleton.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text, add_help=False)
+            continue
+        try:
+            mod = importlib.import_module(f"rt.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"rt.commands.{module}":
+                raise
+            continue  # not built yet
+        mod.register(sub, name, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

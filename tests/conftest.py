@@ -1,0 +1,34 @@
+"""Shared fixtures. LSL discovery stays on this host (configs/lsl_api.cfg)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("LSLAPICFG", str(ROOT / "configs" / "lsl_api.cfg"))
+
+DATA = ROOT / "data" / "recordings" / "uci-lower-limb"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+@pytest.fixture(scope="session")
+def siat_config():
+    from kernels.config import load_config
+
+    return load_config("siat_llmd")
+
+
+@pytest.fixture(scope="session")
+def uci_config():
+    from kernels.config import load_config
+
+    return load_config("uci_lower_limb")
+
+
+@pytest.fixture(scope="session")
+def uci_files() -> list[Path]:
+    """The bundled real recordings (UCI lower limb, gait), sorted by name."""
+    return sorted(DATA.glob("*.txt"))
