@@ -1,0 +1,318 @@
+"""The streaming front end: chunks of raw sEMG in, normalised feature frames out.
+
+Per channel, in order (see docs/frontend.md):
+
+1. inspection (:mod:`kernels.sanitize`): NaN/inf held, timestamps repaired, row flags;
+2. baseline removal (:mod:`kernels.baseline`, causal exponential running mean);
+3. max-abs scaling with the frozen ``NormStats.signal_maxabs``;
+4. streaming wavelet-packet denoiser (:mod:`kernels.wavelet`, if enabled; adds ``delay_samples``);
+5. Butterworth band-pass (+ notch) as SOS (:mod:`kernels.iir`);
+6. ring buffer → every ``hop`` samples once ``length`` are in: six features per channel
+   (:mod:`kernels.features`);
+7. feature scaling to [-1, 1] with the frozen ``NormStats.feature_lo/hi``.
+
+The same object makes training features (:func:`run_offline`) and live frames (:meth:`FrontEnd.push`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from kernels import flags as fl
+from kernels.baseline import remove_running_mean, running_mean_alpha
+from kernels.config import Config
+from kernels.features import feature_names as _feature_names
+from kernels.features import frames_for, push_windows
+from kernels.iir import design_sos, settling_samples, sos_filter
+from kernels.normalize import NormStats, feature_range, scale_features
+from kernels.sanitize import inspect_chunk
+from kernels.wavelet import StreamingWaveletDenoiser
+
+#: Row flags that mark every frame whose window (plus the denoiser's lookahead) contains the row.
+WINDOW_BITS = (fl.GAP, fl.NONFINITE, fl.NONMONOTONIC, fl.SATURATION)
+_WINDOW_BITS = np.array(WINDOW_BITS, dtype=np.uint32)
+
+
+class Frames(NamedTuple):
+    """Feature frames of one push: ``t`` float64[k] (s, LSL clock: newest input sample consumed),
+    ``features`` float32[k, 6C] (scaled), ``flags`` uint32[k] (:mod:`kernels.flags` bits)."""
+
+    t: np.ndarray
+    features: np.ndarray
+    flags: np.ndarray
+
+
+@njit(cache=True)
+def _stage_in(
+    raw, t, saturation, max_step, period, flat_len, held, seen, run, last_t,
+    alpha, mean, seeded, inv_scale, out, t_out, start, row_flags,
+):  # fmt: skip
+    """Inspection → baseline removal → max-abs scaling, into ``out`` float64[n, C]."""
+    inspect_chunk(raw, t, saturation, max_step, period, flat_len, held, seen, run, last_t, out, t_out, start, row_flags)
+    remove_running_mean(out, alpha, mean, seeded, start, out)
+    n, n_ch = out.shape
+    for i in range(n):
+        for c in range(n_ch):
+            out[i, c] *= inv_scale[c]
+
+
+@njit(cache=True)
+def _stage_out(
+    x, sos, sos_state, ring, count, hop, zc_thr, ssc_thr, wamp_thr, feats, rows,
+    row_flags, t_in, base_row, last_row, span, warmup_rows, lo, hi,
+    out_t, out_features, out_flags,
+):  # fmt: skip
+    """Band-pass → windows → features → scaling → frame flags; returns the number of frames."""
+    sos_filter(x, sos, sos_state, x)
+    k = push_windows(x, ring, count, hop, zc_thr, ssc_thr, wamp_thr, feats, rows)
+    scale_features(feats[:k], lo, hi, out_features[:k])
+    n = x.shape[0]
+    n_bits = _WINDOW_BITS.shape[0]
+    j = 0
+    for i in range(n):
+        f = row_flags[i]
+        g = base_row + i
+        for b in range(n_bits):
+            if f & _WINDOW_BITS[b]:
+                last_row[b] = g
+        if j < k and rows[j] == i:
+            ff = f & np.uint32(fl.FLAT)
+            for b in range(n_bits):
+                if g - last_row[b] < span:
+                    ff |= _WINDOW_BITS[b]
+            if g < warmup_rows:
+                ff |= np.uint32(fl.WARMUP)
+            out_flags[j] = ff
+            out_t[j] = t_in[i]
+            j += 1
+    return k
+
+
+def _make_denoiser(config: Config):
+    w = config.frontend.wavelet
+    if not w.enabled:
+        return None
+    return StreamingWaveletDenoiser(config.stream.n_channels, w.wavelet, w.level, w.threshold, w.lookahead)
+
+
+class FrontEnd:
+    """Streaming front end for one stream described by ``config``.
+
+    ``stats`` are the frozen normalisation statistics (``None``: identity, used when fitting).
+    ``max_chunk`` (samples) sizes the preallocated buffers; a longer chunk grows them once.
+    """
+
+    def __init__(self, config: Config, stats: NormStats | None = None, max_chunk: int | None = None) -> None:
+        s, fe = config.stream, config.frontend
+        self.config = config
+        self.n_channels = s.n_channels
+        self.stats = NormStats.identity(config) if stats is None else NormStats.from_dict(stats.to_dict(), config)
+        self.feature_names: list[str] = _feature_names(s.channels)
+        self.n_features = len(self.feature_names)
+
+        self._saturation = float(s.saturation)
+        self._period = 1.0 / s.fs
+        self._max_step = s.gap_factor / s.fs
+        self._flat_len = int(fe.window.length)
+        self._alpha = running_mean_alpha(fe.baseline.tau_s, s.fs) if fe.baseline.method == "running_mean" else 0.0
+        self._inv_scale = 1.0 / self.stats.signal_maxabs
+        self._lo = self.stats.feature_lo.copy()
+        self._hi = self.stats.feature_hi.copy()
+        notch = fe.notch.freq_hz if fe.notch.enabled else None
+        self.sos = design_sos(s.fs, fe.bandpass.low_hz, fe.bandpass.high_hz, fe.bandpass.order, notch, fe.notch.q)
+        self.wavelet = _make_denoiser(config)
+        self.hop = int(fe.window.hop)
+        self.length = int(fe.window.length)
+        self._thr = (float(fe.features.zc_threshold), float(fe.features.ssc_threshold),
+                     float(fe.features.wamp_threshold))  # fmt: skip
+
+        #: algorithmic delay of the chain (samples): the denoiser's lookahead. Frame ``t`` is the
+        #: newest input sample's time; the signal in its window is this many samples older.
+        self.delay_samples: int = int(self.wavelet.delay) if self.wavelet is not None else 0
+        baseline_rows = int(np.ceil(fe.baseline.tau_s * s.fs)) if fe.baseline.method == "running_mean" else 0
+        #: frames whose newest input row index is below this are flagged WARMUP.
+        self.warmup_samples: int = self.delay_samples + max(baseline_rows, settling_samples(self.sos)) + self.length
+        self._span = self.length + self.delay_samples
+
+        c = self.n_channels
+        self._held = np.zeros(c)
+        self._seen = np.zeros(c, dtype=np.uint8)
+        self._run = np.zeros(c, dtype=np.int64)
+        self._last_t = np.full(1, np.nan)
+        self._mean = np.zeros(c)
+        self._seeded = np.zeros(c, dtype=np.uint8)
+        self._start = np.zeros(c, dtype=np.int64)
+        self._sos_state = np.zeros((self.sos.shape[0], 2, c))
+        self._ring = np.zeros((c, 2 * self.length))
+        self._count = np.zeros(1, dtype=np.int64)
+        self._last_row = np.zeros(len(WINDOW_BITS), dtype=np.int64)
+        self._rows_seen = 0
+        self._capacity = 0
+        self._grow(max_chunk or max(int(s.fs), 4 * self.length))
+        self.reset()
+
+    # -- buffers ------------------------------------------------------------------------------
+
+    def _grow(self, n: int) -> None:
+        c, k = self.n_channels, frames_for(n, self.hop)
+        self._capacity = n
+        self._raw = np.zeros((n, c), dtype=np.float32)
+        self._t = np.zeros(n)
+        self._t_out = np.zeros(n)
+        self._a = np.zeros((n, c))
+        self._b = np.zeros((n, c))
+        self._row_flags = np.zeros(n, dtype=np.uint32)
+        self._feats = np.zeros((k, self.n_features))
+        self._rows = np.zeros(k, dtype=np.int64)
+        self._out_t = np.zeros(k)
+        self._out_features = np.zeros((k, self.n_features), dtype=np.float32)
+        self._out_flags = np.zeros(k, dtype=np.uint32)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def push(self, timestamps: np.ndarray, samples: np.ndarray) -> Frames:
+        """Process one chunk: ``timestamps`` float64[n] (s, LSL clock), ``samples`` float32[n, C].
+
+        float64/float16 samples and float32 timestamps are converted (copied into preallocated
+        buffers); integer or other dtypes are refused. Returns views into buffers that the next
+        ``push`` overwrites — copy what you keep.
+        """
+        n = self._condition(timestamps, samples)
+        a = self._a[:n]
+        if self.wavelet is not None:
+            self.wavelet.process(a, self._b[:n])
+            a = self._b[:n]
+        k = _stage_out(a, self.sos, self._sos_state, self._ring, self._count, self.hop, *self._thr,
+                       self._feats, self._rows, self._row_flags[:n], self._t_out[:n], self._rows_seen,
+                       self._last_row, self._span, self.warmup_samples, self._lo, self._hi,
+                       self._out_t, self._out_features, self._out_flags)  # fmt: skip
+        self._rows_seen += n
+        return Frames(self._out_t[:k], self._out_features[:k], self._out_flags[:k])
+
+    def _condition(self, timestamps: np.ndarray, samples: np.ndarray) -> int:
+        """Stages 1–3 of a chunk into ``_a[:n]`` (scaled signal), ``_t_out[:n]``, ``_row_flags[:n]``; returns n."""
+        n = self._check(timestamps, samples)
+        if n > self._capacity:
+            self._grow(n)
+        if samples.dtype != np.float32 or not samples.flags.c_contiguous:
+            np.copyto(self._raw[:n], samples, casting="same_kind")
+            samples = self._raw[:n]
+        if timestamps.dtype != np.float64 or not timestamps.flags.c_contiguous:
+            np.copyto(self._t[:n], timestamps, casting="same_kind")
+            timestamps = self._t[:n]
+        _stage_in(samples, timestamps, self._saturation, self._max_step, self._period, self._flat_len,
+                  self._held, self._seen, self._run, self._last_t,
+                  self._alpha, self._mean, self._seeded, self._inv_scale,
+                  self._a[:n], self._t_out[:n], self._start, self._row_flags[:n])  # fmt: skip
+        return n
+
+    def reset(self) -> None:
+        """Back to the state of a fresh object (all filters at rest, no samples seen)."""
+        self._held[:] = 0.0
+        self._seen[:] = 0
+        self._run[:] = 0
+        self._last_t[:] = np.nan
+        self._mean[:] = 0.0
+        self._seeded[:] = 0 if self._alpha > 0 else 1
+        self._sos_state[:] = 0.0
+        self._ring[:] = 0.0
+        self._count[:] = 0
+        self._last_row[:] = -(1 << 62)
+        self._rows_seen = 0
+        if self.wavelet is not None:
+            self.wavelet.reset()
+
+    def warmup(self) -> None:
+        """Compile every kernel on a tiny chunk, then reset: the first live chunk pays no compile."""
+        if self.wavelet is not None:
+            self.wavelet.warmup()
+        n = self.length + self.hop
+        self.push(np.arange(n) * self._period, np.zeros((n, self.n_channels), dtype=np.float32))
+        self.reset()
+
+    # -- input checks -------------------------------------------------------------------------
+
+    def _check(self, timestamps: np.ndarray, samples: np.ndarray) -> int:
+        """Validate a chunk's types and shapes; return its length."""
+        c = self.n_channels
+        if not isinstance(samples, np.ndarray):
+            raise ValueError(f"samples: expected a numpy array float32[n, {c}], got {type(samples).__name__}")
+        if not isinstance(timestamps, np.ndarray):
+            raise ValueError(f"timestamps: expected a numpy array float64[n], got {type(timestamps).__name__}")
+        if samples.ndim != 2:
+            raise ValueError(f"samples: expected 2-D float32[n, {c}], got shape {samples.shape}")
+        if samples.shape[1] != c:
+            raise ValueError(
+                f"samples: expected {c} channels ({', '.join(self.config.stream.channels)}) for config "
+                f"{self.config.profile.name!r}, got {samples.shape[1]}"
+            )
+        if samples.dtype.kind != "f":
+            raise ValueError(f"samples: expected dtype float32, got {samples.dtype}")
+        if timestamps.ndim != 1:
+            raise ValueError(f"timestamps: expected 1-D float64[n], got shape {timestamps.shape}")
+        if timestamps.dtype.kind != "f":
+            raise ValueError(f"timestamps: expected dtype float64, got {timestamps.dtype}")
+        if timestamps.shape[0] != samples.shape[0]:
+            raise ValueError(
+                f"timestamps/samples: lengths differ ({timestamps.shape[0]} timestamps, {samples.shape[0]} samples)"
+            )
+        return samples.shape[0]
+
+
+def run_offline(frontend: FrontEnd, timestamps: np.ndarray, samples: np.ndarray, chunk: int = 64,
+                reset: bool = True, on_chunk: Callable[[int], None] | None = None) -> Frames:  # fmt: skip
+    """Feed a whole recording through ``frontend.push`` in chunks of ``chunk`` samples, as live.
+
+    Returns copies, concatenated (``reset``: start from a fresh state, as a new session).
+    ``on_chunk(n)`` is called after each chunk of ``n`` samples (e.g. a progress bar).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk: must be >= 1 sample, got {chunk}")
+    if reset:
+        frontend.reset()
+    ts, fs, fls = [], [], []
+    for i in range(0, max(len(samples), 1), chunk):
+        fr = frontend.push(timestamps[i : i + chunk], samples[i : i + chunk])
+        ts.append(fr.t.copy())
+        fs.append(fr.features.copy())
+        fls.append(fr.flags.copy())
+        if on_chunk is not None:
+            on_chunk(len(samples[i : i + chunk]))
+    return Frames(np.concatenate(ts), np.concatenate(fs), np.concatenate(fls))
+
+
+def fit_signal_maxabs(config: Config, recordings: Iterable[tuple[np.ndarray, np.ndarray]], chunk: int = 4096) -> np.ndarray:
+    """Pass 1 of fitting: max |x| per channel (float64[C], signal units) after baseline removal."""
+    fe = FrontEnd(config, None, max_chunk=chunk)
+    peak = np.zeros(config.stream.n_channels)
+    for t, x in recordings:
+        fe.reset()
+        for i in range(0, len(x), chunk):
+            n = fe._condition(t[i : i + chunk], x[i : i + chunk])
+            np.maximum(peak, np.abs(fe._a[:n]).max(axis=0), out=peak)
+    dead = [ch for ch, p in zip(config.stream.channels, peak) if not p > 0]
+    if dead:
+        raise ValueError(f"norm stats: channel(s) {', '.join(dead)} are zero throughout the training recordings")
+    return peak
+
+
+def fit_norm_stats(config: Config, recordings: Iterable[tuple[np.ndarray, np.ndarray]], chunk: int = 256) -> NormStats:
+    """Fit :class:`NormStats` on training recordings ``(timestamps float64[n], samples float32[n, C])``.
+
+    Pass 1: per-channel max |x| after baseline removal. Pass 2: a :class:`FrontEnd` with that
+    scaling and identity feature scaling; per-feature min/max over the frames not flagged
+    WARMUP or ``flags.INVALID`` (over all frames if every frame is flagged).
+    """
+    recs = list(recordings)
+    maxabs = fit_signal_maxabs(config, recs)
+    ident = NormStats.identity(config)
+    fe = FrontEnd(config, NormStats(maxabs, ident.feature_lo, ident.feature_hi), max_chunk=chunk)
+    frames = [run_offline(fe, np.asarray(t), np.asarray(x), chunk=chunk) for t, x in recs]
+    feats = np.concatenate([f.features for f in frames]) if frames else np.zeros((0, config.n_features))
+    flg = np.concatenate([f.flags for f in frames]) if frames else np.zeros(0, dtype=np.uint32)
+    lo, hi = feature_range(feats.astype(np.float64), (flg & (fl.INVALID | fl.WARMUP)) == 0)
+    return NormStats(maxabs, lo, hi)

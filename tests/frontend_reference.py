@@ -1,0 +1,92 @@
+"""Offline references for the front-end tests, written plainly in NumPy/scipy (no project kernels).
+
+Also: a tiny reader for the bundled UCI text files (numeric rows only), so the kernel tests do
+not depend on the recording loaders, and config helpers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import signal
+
+from kernels.config import Config
+
+
+def read_uci_emg(path: Path) -> np.ndarray:
+    """sEMG columns (float32[n, 4], mV) of a UCI lower-limb text file: rows of 5 numbers."""
+    rows = []
+    for line in path.read_text(encoding="latin-1").splitlines():
+        parts = line.split()
+        if len(parts) != 5:
+            continue
+        try:
+            rows.append([float(p) for p in parts[:4]])
+        except ValueError:
+            continue
+    return np.asarray(rows, dtype=np.float32)
+
+
+def without_wavelet(config: Config) -> Config:
+    """A copy of ``config`` with ``frontend.wavelet.enabled = false``."""
+    fe = config.frontend
+    return dataclasses.replace(config, frontend=dataclasses.replace(fe, wavelet=dataclasses.replace(fe.wavelet, enabled=False)))
+
+
+def running_mean_removed(x: np.ndarray, tau_s: float, fs: float) -> np.ndarray:
+    """``x - m`` with ``m[i] = m[i-1] + a (x[i] - m[i-1])``, ``m[-1] = x[0]``, as a plain loop."""
+    a = 1.0 - math.exp(-1.0 / (tau_s * fs))
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    m = x[0].copy()
+    for i in range(x.shape[0]):
+        m = m + a * (x[i] - m)
+        out[i] = x[i] - m
+    return out
+
+
+def features_np(w: np.ndarray, zc: float, ssc: float, wamp: float) -> np.ndarray:
+    """The six features of one window ``w`` float[N], straight from their definitions."""
+    d = np.diff(w)
+    return np.array([
+        np.sum(np.abs(w)),
+        np.var(w, ddof=1),
+        np.sum(np.abs(d)),
+        np.count_nonzero((w[1:] * w[:-1] < 0) & (np.abs(d) >= zc)),
+        np.count_nonzero((w[1:-1] - w[:-2]) * (w[1:-1] - w[2:]) >= ssc),
+        np.count_nonzero(np.abs(d) >= wamp),
+    ])
+
+
+def frames_np(y: np.ndarray, length: int, hop: int, thr: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every due window of ``y`` float[n, C]: ``(float64[k, 6C], newest row int[k])``."""
+    ends = np.arange(length, y.shape[0] + 1, hop)  # 1-based count of the newest sample
+    feats = np.array([np.concatenate([features_np(y[e - length : e, c], *thr) for c in range(y.shape[1])])
+                      for e in ends]).reshape(len(ends), 6 * y.shape[1])  # fmt: skip
+    return feats, ends - 1
+
+
+def frontend_np(config: Config, maxabs, lo, hi, t: np.ndarray, x: np.ndarray, denoise=None):
+    """The whole chain on a clean recording: ``(t float64[k], scaled features float64[k, 6C])``.
+
+    ``denoise`` (float64[n, C] -> float64[n, C]) stands in for the wavelet stage when enabled.
+    """
+    fe, fs = config.frontend, config.stream.fs
+    y = running_mean_removed(x, fe.baseline.tau_s, fs) if fe.baseline.method == "running_mean" else x.astype(float)
+    y = y / np.asarray(maxabs)
+    if denoise is not None:
+        y = denoise(y)
+    sos = signal.butter(fe.bandpass.order, [fe.bandpass.low_hz, fe.bandpass.high_hz], btype="bandpass", fs=fs, output="sos")
+    if fe.notch.enabled:
+        b, a = signal.iirnotch(fe.notch.freq_hz, fe.notch.q, fs=fs)
+        sos = np.vstack([sos, signal.tf2sos(b, a)])
+    y = signal.sosfilt(sos, y, axis=0)
+    thr = (fe.features.zc_threshold, fe.features.ssc_threshold, fe.features.wamp_threshold)
+    f, rows = frames_np(y, fe.window.length, fe.window.hop, thr)
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    span = hi - lo
+    scaled = np.where(span > 0, 2 * (f - lo) / np.where(span > 0, span, 1) - 1, 0.0)
+    return t[rows], scaled

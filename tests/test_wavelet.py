@@ -1,0 +1,263 @@
+"""The streaming wavelet-packet denoiser against PyWavelets (offline references written here).
+
+Reference rule: ``pywt.WaveletPacket(..., mode="periodization")``, soft threshold on every leaf
+at ``level`` except the approximation leaf ``'a' * level``, ``reconstruct``. The streaming
+output for sample n with lookahead D must equal that rule applied to the input truncated
+after sample n + D (zeros beyond and before the start).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pywt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.wavelet import StreamingWaveletDenoiser, leaf_functions
+from rt.recordings import load_recording
+
+WAVELET = "db7"
+THRESHOLD = 0.08
+
+
+def pywt_denoise(x: np.ndarray, level: int, threshold: float = THRESHOLD) -> np.ndarray:
+    """Offline reference on x float64[n] or [n, C] (n a multiple of 2**level): periodized, wraps around."""
+    wp = pywt.WaveletPacket(x, WAVELET, mode="periodization", maxlevel=level, axis=0)
+    for node in wp.get_level(level, "natural"):
+        if node.path != "a" * level:
+            node.data = pywt.threshold(node.data, threshold, "soft")
+    return wp.reconstruct(update=False)[: x.shape[0]]
+
+
+def zero_padded(x: np.ndarray, level: int, m: int) -> tuple[np.ndarray, int]:
+    """x with >= m zeros on both sides (front a multiple of 2**level, total too): (z, front)."""
+    step = 1 << level
+    front = -(-m // step) * step
+    total = -(-(front + x.shape[0] + m) // step) * step
+    z = np.zeros((total,) + x.shape[1:])
+    z[front : front + x.shape[0]] = x
+    return z, front
+
+
+def truncated_reference(x: np.ndarray, n: int, lookahead: int, level: int, m: int) -> np.ndarray:
+    """The block rule: denoise of x[: n + lookahead + 1] (zeros elsewhere), sample n."""
+    z, front = zero_padded(x[: n + lookahead + 1], level, m)
+    return pywt_denoise(z, level)[front + n]
+
+
+def stream(x: np.ndarray, level: int, lookahead: int, chunks=None, threshold: float = THRESHOLD) -> np.ndarray:
+    """Streaming output realigned so that row i is sample i (rows >= n - lookahead are dropped)."""
+    x = np.ascontiguousarray(x.reshape(x.shape[0], -1))
+    den = StreamingWaveletDenoiser(x.shape[1], WAVELET, level, threshold, lookahead)
+    out = np.empty_like(x)
+    if chunks is None:
+        den.process(x, out)
+    else:
+        start = 0
+        for size in chunks:
+            den.process(x[start : start + size], out[start : start + size])
+            start += size
+        assert start == x.shape[0]
+    return out[lookahead:]
+
+
+def random_chunks(rng: np.random.Generator, n: int, largest: int = 300) -> list[int]:
+    sizes = []
+    while sum(sizes) < n:
+        sizes.append(int(min(rng.integers(0, largest + 1), n - sum(sizes))))
+    return sizes
+
+
+@pytest.fixture(scope="module")
+def recording(uci_files) -> np.ndarray:
+    """A real gait recording (3Amar, 4 channels), mean-removed and max-abs scaled."""
+    x = load_recording(next(f for f in uci_files if f.name == "3Amar.txt")).samples.astype(np.float64)
+    x = x - x.mean(axis=0)
+    return np.ascontiguousarray(x / np.abs(x).max(axis=0))
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
+def test_leaf_functions_are_pywt_synthesis_of_unit_coefficients(level):
+    """psi[l] placed at 2**level*k + phase (mod N) == pywt reconstruction of a unit coefficient; 1e-12."""
+    psi, phase = leaf_functions(WAVELET, level)
+    step, m = 1 << level, psi.shape[1]
+    n = 4 * (-(-m // step) * step)
+    wp = pywt.WaveletPacket(np.zeros(n), WAVELET, mode="periodization", maxlevel=level)
+    leaves = wp.get_level(level, "natural")
+    assert leaves[0].path == "a" * level
+    for index, node in enumerate(leaves):
+        for k in (0, 3):
+            for other in leaves:
+                other.data = np.zeros(n // step)
+            node.data[k] = 1.0
+            y = wp.reconstruct(update=False)
+            expected = np.zeros(n)
+            np.add.at(expected, (step * k + phase + np.arange(m)) % n, psi[index])
+            np.testing.assert_allclose(y, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("level", [2, 4, 8])
+def test_exact_lookahead_equals_offline_pywt_on_recording(recording, level):
+    """lookahead = (2**L - 1)(F - 1): equals the offline periodized denoise away from its wrap; 1e-9."""
+    rng = np.random.default_rng(level)
+    x = recording[: recording.shape[0] // 256 * 256]
+    den = StreamingWaveletDenoiser(4, WAVELET, level, THRESHOLD, 0)
+    d, m = den.exact_lookahead, den.exact_lookahead + 1
+    y = stream(x, level, d, random_chunks(rng, x.shape[0], 500))
+    ref = pywt_denoise(x, level)
+    interior = slice(m - 1, x.shape[0] - m + 1)  # no wrap-around, no start-up
+    assert interior.stop - interior.start > 1000
+    np.testing.assert_allclose(y[interior], ref[interior], rtol=0, atol=1e-9)
+    assert np.abs(ref[interior] - x[interior]).max() > 0.01  # the threshold really changed the signal
+
+
+def test_exact_lookahead_equals_offline_on_every_bundled_recording(uci_files):
+    """Level 4, exact lookahead, 50-sample chunks: every bundled recording, away from the wrap; 1e-9."""
+    assert len(uci_files) >= 5
+    for path in uci_files:
+        x = load_recording(path).samples.astype(np.float64)
+        x = np.ascontiguousarray((x - x.mean(axis=0)) / np.abs(x - x.mean(axis=0)).max(axis=0))
+        x = x[: x.shape[0] // 16 * 16]
+        d = StreamingWaveletDenoiser(4, WAVELET, 4, THRESHOLD, 0).exact_lookahead
+        y = stream(x, 4, d, [50] * (x.shape[0] // 50) + [x.shape[0] % 50])
+        interior = slice(d, x.shape[0] - d)
+        np.testing.assert_allclose(y[interior], pywt_denoise(x, 4)[interior], rtol=0, atol=1e-9, err_msg=path.name)
+
+
+@pytest.mark.parametrize(("level", "lookahead"), [(3, 0), (3, 17), (5, 50), (5, 200)])
+def test_short_lookahead_equals_truncated_block_rule(recording, level, lookahead):
+    """Every sample (random signal) / every 11th (recording) equals pywt on the truncated input; 1e-12."""
+    rng = np.random.default_rng(7)
+    m = StreamingWaveletDenoiser(1, WAVELET, level, THRESHOLD, 0).exact_lookahead + 1
+    noise = 0.2 * rng.standard_normal(300)
+    real = recording[20000:21500, 1]
+    for x, samples in ((noise, range(0, 300 - lookahead)), (real, range(0, 1500 - lookahead, 11))):
+        y = stream(x, level, lookahead, random_chunks(rng, x.shape[0]))[:, 0]
+        ref = np.array([truncated_reference(x, n, lookahead, level, m) for n in samples])
+        np.testing.assert_allclose(y[list(samples)], ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("level", "lookahead"), [(4, 0), (4, 30), (6, 100), (8, 400)])
+def test_error_against_exact_within_derived_bound(recording, level, lookahead):
+    """|y_D[n] - y_exact[n]| <= sum_k |psi_k[n]| sum_{m > n+D} |x[m] psi_k[m]| (soft threshold is 1-Lipschitz).
+
+    psi_k come from PyWavelets (unit-coefficient reconstruction), not from the kernel.
+    """
+    exact_d = ((1 << level) - 1) * (pywt.Wavelet(WAVELET).dec_len - 1)
+    m = exact_d + 1
+    x = recording[8000 : 8000 + max(6000, 5 * m), 2]
+    y_exact = stream(x, level, exact_d)[:, 0]
+    y = stream(x, level, lookahead)[:, 0]
+    # one leaf function per leaf, from pywt, with its start on the coefficient grid
+    step = 1 << level
+    n_pad = 4 * (-(-m // step) * step)
+    wp = pywt.WaveletPacket(np.zeros(n_pad), WAVELET, mode="periodization", maxlevel=level)
+    leaves = wp.get_level(level, "natural")
+    k0 = n_pad // step // 2
+    funcs = []
+    for node in leaves:
+        for other in leaves:
+            other.data = np.zeros(n_pad // step)
+        node.data[k0] = 1.0
+        f = wp.reconstruct(update=False)
+        support = np.flatnonzero(np.abs(f) > 0)
+        funcs.append((support[0] - step * k0, f[support[0] : support[-1] + 1]))
+    starts = {s % step for s, _ in funcs}
+    assert len(starts) == 1
+    phase = starts.pop()
+    checked = 0
+    for n in range(m, x.shape[0] - 2 * m, 97):
+        bound = 0.0
+        for start, f in funcs:
+            # coefficients k whose support [a, a + len) holds n: a = grid point in (n - len, n]
+            first = n - f.size + 1
+            a = first + (phase - first) % step
+            while a <= n:
+                tail = np.arange(max(n + lookahead + 1, a), a + f.size)
+                bound += abs(f[n - a]) * np.abs(x[tail] * f[tail - a]).sum()
+                a += step
+        assert abs(y[n] - y_exact[n]) <= bound + 1e-12
+        checked += 1
+    assert checked > 20
+    if lookahead < exact_d // 4:
+        assert np.abs(y[: y_exact.size] - y_exact).max() > 1e-4  # the approximation is really exercised
+
+
+@settings(deadline=None, max_examples=12)
+@given(
+    level=st.sampled_from([1, 2, 3, 5]),
+    lookahead=st.integers(0, 120),
+    seed=st.integers(0, 2**31 - 1),
+    sizes=st.lists(st.integers(0, 400), min_size=1, max_size=40),
+)
+def test_chunking_invariance_bit_for_bit(level, lookahead, seed, sizes):
+    """Any chunking (0, 1, ... several hundred samples per call) gives the one-chunk output exactly."""
+    rng = np.random.default_rng(seed)
+    n = 1500
+    x = np.ascontiguousarray(rng.standard_normal((n, 3)) * rng.choice([0.02, 0.1, 1.0]))
+    chunks, total = [], 0
+    for s in sizes * (n // max(1, sum(sizes)) + 1):
+        s = min(s, n - total)
+        chunks.append(s)
+        total += s
+        if total == n:
+            break
+    if total < n:
+        chunks.append(n - total)
+    whole = stream(x, level, lookahead)
+    assert np.array_equal(stream(x, level, lookahead, chunks), whole)
+
+
+def test_chunking_invariance_on_recording_one_sample_at_a_time(recording):
+    x = recording[:4000]
+    assert np.array_equal(stream(x, 4, 40, [1] * 4000), stream(x, 4, 40))
+
+
+@pytest.mark.parametrize(("level", "lookahead"), [(1, 0), (2, 5), (4, 33), (6, 0), (8, 257)])
+def test_threshold_zero_reproduces_delayed_input(recording, level, lookahead):
+    """Threshold 0: out[i] == x[i - D] to 1e-9 for any lookahead (partial sums still reconstruct); 0 before."""
+    rng = np.random.default_rng(level)
+    for x in (recording[:3000], rng.standard_normal((2000, 2))):
+        x = np.ascontiguousarray(x)
+        den = StreamingWaveletDenoiser(x.shape[1], WAVELET, level, 0.0, lookahead)
+        out = np.empty_like(x)
+        den.process(x, out)
+        assert np.all(out[:lookahead] == 0.0)
+        np.testing.assert_allclose(out[lookahead:], x[: x.shape[0] - lookahead], rtol=0, atol=1e-9)
+
+
+def test_reset_and_warmup_restart_the_stream(recording):
+    x = recording[:2000]
+    den = StreamingWaveletDenoiser(4, WAVELET, 3, THRESHOLD, 20)
+    first, again = np.empty_like(x), np.empty_like(x)
+    den.warmup()
+    den.process(x, first)
+    den.reset()
+    den.process(x, again)
+    assert np.array_equal(first, again)
+    assert den.delay == 20
+    den.process(x[:0], again[:0])  # empty chunk is fine
+
+
+def test_bad_input_is_named():
+    den = StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, 4)
+    x = np.zeros((10, 3))
+    with pytest.raises(TypeError, match="float64.*float32"):
+        den.process(x.astype(np.float32), np.empty((10, 3)))
+    with pytest.raises(ValueError, match=r"\(n, 3\).*\(10, 2\)"):
+        den.process(np.zeros((10, 2)), np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        den.process(np.zeros((3, 10)).T, np.zeros((10, 3)))
+    with pytest.raises(ValueError, match="lookahead"):
+        StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, -1)
+    with pytest.raises(ValueError, match="threshold"):
+        StreamingWaveletDenoiser(3, WAVELET, 2, float("nan"), 0)
+    with pytest.raises(ValueError, match="level"):
+        StreamingWaveletDenoiser(3, WAVELET, 0, THRESHOLD, 0)
+    with pytest.raises(ValueError, match="n_channels"):
+        StreamingWaveletDenoiser(0, WAVELET, 2, THRESHOLD, 0)
+    with pytest.raises(ValueError, match="'nope'"):
+        StreamingWaveletDenoiser(3, "nope", 2, THRESHOLD, 0)
+    with pytest.raises(ValueError, match="not orthogonal"):
+        StreamingWaveletDenoiser(3, "bior2.2", 2, THRESHOLD, 0)
