@@ -1,0 +1,223 @@
+"""Model bundles: one file with everything the loop needs to predict, and nothing executable.
+
+A bundle (``*.exo``) is a zip archive of
+
+- ``manifest.json``: format and version, the model kind and architecture (``ModelSpec`` or the
+  GPR kernel parameters), the feature spec (channels, rate, window, hop, feature names, the
+  whole ``[frontend]`` section), the frozen ``NormStats``, the full config it was trained with
+  (``Config.to_dict()``; :func:`kernels.config.parse_config` rebuilds it), metrics, training
+  facts, the list of arrays (name, dtype, shape) and ``content_hash``;
+- ``arrays/<name>.npy``: weights (torch ``state_dict`` entries, or the GPR's arrays), read with
+  ``allow_pickle=False``.
+
+``content_hash`` = SHA-256 over the canonical JSON of the manifest (without the hash) and every
+array's name, dtype, shape and bytes; :func:`load_bundle` recomputes it, so a tampered or
+truncated bundle is refused with :class:`BundleError`. :meth:`Bundle.check_compatible` raises
+:class:`BundleMismatch` naming every feature-spec difference from the running config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernels.config import Config, ConfigError, parse_config
+from kernels.features import feature_names
+from kernels.normalize import NormStats
+
+FORMAT = "exoloop-model-bundle"
+VERSION = 1
+SEQUENCE, GPR = "sequence", "gpr"
+
+
+class BundleError(ValueError):
+    """The file is not a readable, intact model bundle."""
+
+
+class BundleMismatch(BundleError):
+    """The bundle's feature spec or targets differ from the running config."""
+
+
+def feature_spec(config: Config) -> dict[str, Any]:
+    """What a bundle's inputs and outputs depend on: compared by :meth:`Bundle.check_compatible`."""
+    d = config.to_dict()
+    return {
+        "channels": d["stream"]["channels"],
+        "fs": d["stream"]["fs"],
+        "window": d["frontend"]["window"]["length"],
+        "hop": d["frontend"]["window"]["hop"],
+        "feature_names": feature_names(config.stream.channels),
+        "frontend": d["frontend"],
+        "targets": d["targets"],
+    }
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: d}
+
+
+def _content_hash(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    body = {k: v for k, v in manifest.items() if k != "content_hash"}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_bundle(path: str | Path, *, config: Config, norm_stats: NormStats, kind: str, arch: dict[str, Any],
+                arrays: dict[str, np.ndarray], metrics: dict[str, Any] | None = None,
+                training: dict[str, Any] | None = None) -> str:
+    """Write a bundle; returns its content hash. ``kind``: "sequence" (``arch`` = ``ModelSpec``
+    dict, ``arrays`` = state_dict) or "gpr" (``arch`` = kernel parameters, ``arrays`` = GPR arrays)."""
+    if kind not in (SEQUENCE, GPR):
+        raise ValueError(f"bundle kind must be {SEQUENCE!r} or {GPR!r}, got {kind!r}")
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "arch": arch,
+        "feature_spec": feature_spec(config),
+        "norm_stats": norm_stats.to_dict(),
+        "config": config.to_dict(),
+        "metrics": metrics or {},
+        "training": training or {},
+        "arrays": {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in sorted(arrays.items())},
+    }
+    manifest["content_hash"] = _content_hash(manifest, arrays)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", json.dumps(manifest, indent=1))
+        for name, a in arrays.items():
+            buf = io.BytesIO()
+            np.save(buf, a, allow_pickle=False)
+            z.writestr(f"arrays/{name}.npy", buf.getvalue())
+    tmp.replace(path)
+    return manifest["content_hash"]
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle. ``config``: the training config; ``norm_stats``: frozen."""
+
+    path: Path
+    manifest: dict[str, Any]
+    config: Config
+    norm_stats: NormStats
+    arrays: dict[str, np.ndarray]
+    _model: Any = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def arch_name(self) -> str:
+        return self.manifest["arch"]["arch"] if self.kind == SEQUENCE else "gpr"
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest["metrics"]
+
+    def model(self) -> Any:
+        """The torch regressor (eval mode) or the :class:`~models.baselines.GPRModel`."""
+        if self._model is None:
+            if self.kind == GPR:
+                from models.baselines import GPRModel
+
+                self._model = GPRModel.from_parts(self.arrays, self.manifest["arch"])
+            else:
+                import torch
+
+                from models.xlstm_regressor import ModelSpec, build_model
+
+                model = build_model(ModelSpec.from_dict(self.manifest["arch"]))
+                try:
+                    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.arrays.items()})
+                except RuntimeError as exc:
+                    raise BundleError(f"{self.path}: weights do not fit the architecture: {exc}") from None
+                self._model = model.eval()
+        return self._model
+
+    def engine(self, kind: str = "compiled") -> Any:
+        """A fresh :class:`~models.step_engine.StepEngine`: "compiled" (Numba) or "eager" (torch);
+        a GPR bundle always gives its (Numba) :class:`~models.baselines.GPRStepEngine`."""
+        if kind not in ("compiled", "eager"):
+            raise ValueError(f"engine kind must be 'compiled' or 'eager', got {kind!r}")
+        model = self.model()
+        if self.kind == GPR:
+            from models.baselines import GPRStepEngine
+
+            return GPRStepEngine(model)
+        from models.step_engine import CompiledStepEngine, EagerStepEngine
+
+        return CompiledStepEngine(model) if kind == "compiled" else EagerStepEngine(model)
+
+    def check_compatible(self, config: Config) -> None:
+        """Raise :class:`BundleMismatch` naming each difference in channels, rate, window/hop,
+        front-end parameters or targets between this bundle and ``config``."""
+        mine = _flatten(self.manifest["feature_spec"])
+        theirs = _flatten(feature_spec(config))
+        diffs = [f"{k}: bundle has {mine.get(k)!r}, config has {theirs.get(k)!r}"
+                 for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k) and k != "feature_names"]
+        if diffs:
+            raise BundleMismatch(f"model bundle {self.path} does not match config {config.profile.name!r}:\n  "
+                                 + "\n  ".join(diffs))
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle (format, version, content hash, config, statistics)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"model bundle {path} not found")
+    try:
+        with zipfile.ZipFile(path) as z:
+            try:
+                manifest = json.loads(z.read("manifest.json"))
+            except KeyError:
+                raise BundleError(f"{path}: not a model bundle (no manifest.json)") from None
+            arrays = {}
+            for name in manifest.get("arrays", {}):
+                try:
+                    arrays[name] = np.load(io.BytesIO(z.read(f"arrays/{name}.npy")), allow_pickle=False)
+                except KeyError:
+                    raise BundleError(f"{path}: array {name!r} listed in the manifest is missing") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise BundleError(f"{path}: unreadable model bundle (truncated or corrupted?): {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    if manifest.get("version") != VERSION:
+        raise BundleError(f"{path}: bundle version {manifest.get('version')!r}, this code reads version {VERSION}")
+    got = _content_hash(manifest, arrays)
+    if got != manifest.get("content_hash"):
+        raise BundleError(f"{path}: content hash mismatch (stored {manifest.get('content_hash')}, computed {got}): "
+                          "the bundle was modified or damaged")
+    try:
+        config = parse_config(manifest["config"])
+        stats = NormStats.from_dict(manifest["norm_stats"], config)
+    except (ConfigError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path}: invalid config or statistics in the bundle: {exc}") from None
+    return Bundle(path, manifest, config, stats, arrays)

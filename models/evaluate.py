@@ -1,0 +1,115 @@
+"""Evaluation through a step engine (the deployed path), per-target tables and plots.
+
+Each recording is stepped frame by frame from a reset engine, exactly as live; metrics
+(:mod:`models.metrics`: RMSE, MAE, R² per target, in the targets' units) are taken over the
+usable frames (:attr:`models.dataset.FrameSet.mask`: finite target, not WARMUP/INVALID).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernels.config import Config
+from models.dataset import FrameSet, RecordingArrays, make_frames
+from models.metrics import mae, r2, rmse
+from models.step_engine import StepEngine, run_sequence
+
+
+def predict_sets(engine: StepEngine, sets: list[FrameSet]) -> list[np.ndarray]:
+    """Predictions ``float32[k, T]`` per frame set, each from a reset engine."""
+    out = []
+    for s in sets:
+        engine.reset()
+        out.append(run_sequence(engine, s.features))
+    engine.reset()
+    return out
+
+
+def score(sets: list[FrameSet], preds: list[np.ndarray], config: Config) -> dict[str, Any]:
+    """Per-target RMSE / MAE / R² over the usable frames of all ``sets`` (and RMSE per recording)."""
+    truth = [np.where(s.mask, s.targets, np.nan) for s in sets]
+    y, p = np.concatenate(truth), np.concatenate(preds)
+    return {
+        "targets": list(config.targets.names),
+        "units": list(config.targets.units),
+        "frames": int(np.isfinite(y).all(axis=1).sum()),
+        "rmse": rmse(p, y).tolist(),
+        "mae": mae(p, y).tolist(),
+        "r2": r2(p, y).tolist(),
+        "per_recording": {s.name: {"rmse": rmse(pp, tt).tolist(), "frames": int(np.isfinite(tt).all(axis=1).sum())}
+                          for s, pp, tt in zip(sets, preds, truth)},
+    }
+
+
+def evaluate_engine(engine: StepEngine, sets: list[FrameSet], config: Config) -> dict[str, Any]:
+    return score(sets, predict_sets(engine, sets), config)
+
+
+def evaluate_bundle(bundle: Any, recordings: list[RecordingArrays], engine_kind: str = "compiled"
+                    ) -> tuple[dict[str, Any], list[FrameSet], list[np.ndarray]]:
+    """Frames from the bundle's own config and frozen statistics (and its training lead), then
+    :func:`evaluate_engine`. Returns metrics, frame sets and predictions."""
+    lead = float(bundle.manifest.get("training", {}).get("settings", {}).get("lead_ms", 0.0))
+    sets = [make_frames(bundle.config, bundle.norm_stats, r, lead_ms=lead) for r in recordings]
+    preds = predict_sets(bundle.engine(engine_kind), sets)
+    return score(sets, preds, bundle.config), sets, preds
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """Plain-text per-target table: target, unit, RMSE, MAE, R²."""
+    rows = [f"{'target':<28} {'unit':<5} {'RMSE':>9} {'MAE':>9} {'R2':>7}"]
+    for i, name in enumerate(metrics["targets"]):
+        rows.append(f"{name:<28} {metrics['units'][i]:<5} {metrics['rmse'][i]:>9.3f} "
+                    f"{metrics['mae'][i]:>9.3f} {metrics['r2'][i]:>7.3f}")
+    rows.append(f"({metrics['frames']} frames)")
+    return "\n".join(rows)
+
+
+def plot_curve(curve: list[dict[str, float]], path: str | Path, title: str = "") -> None:
+    """Training curve PNG: standardised RMSE per epoch (train, and held-out if recorded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ep = [r["epoch"] for r in curve]
+    ax.plot(ep, [r["train_rmse_z"] for r in curve], "o-", label="train (TBPTT segments)")
+    if "val_rmse_z" in curve[0]:
+        ax.plot(ep, [r["val_rmse_z"] for r in curve], "s-", label="held-out subjects (monitor only)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("RMSE (standardised targets)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_predictions(sets: list[FrameSet], preds: list[np.ndarray], config: Config, path: str | Path) -> None:
+    """PNG of predicted vs true over time: one row per recording, one column per target (max 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nt = min(config.targets.n_targets, 4)
+    fig, axes = plt.subplots(len(sets), nt, figsize=(5 * nt, 2.2 * len(sets)), squeeze=False)
+    for r, (s, p) in enumerate(zip(sets, preds)):
+        t = s.t - s.t[0]
+        for c in range(nt):
+            ax = axes[r, c]
+            ax.plot(t, s.targets[:, c], "k-", lw=1, label="true")
+            ax.plot(t, p[:, c], "-", lw=1, color="tab:orange", label="predicted")
+            ax.set_title(f"{s.name}: {config.targets.names[c]}", fontsize=9)
+            ax.set_ylabel(config.targets.units[c])
+            if r == len(sets) - 1:
+                ax.set_xlabel("time (s)")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

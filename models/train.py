@@ -1,0 +1,235 @@
+"""Training: sequence regressors by truncated BPTT, GPR by exact fitting, and whole bundles.
+
+Sequence models (xLSTM variants, LSTM): all training recordings form one batch (padded; the
+padding is masked); every epoch walks through time in segments of ``bptt`` frames, carrying
+the recurrent state (detached) from one segment to the next, one Adam step per segment on the
+masked RMSE of standardised targets. From the second epoch the first segment is shortened by a
+seeded random offset, so segment boundaries move between epochs. Gradients are clipped to
+norm 1. Everything is seeded (torch, NumPy): the same inputs and seed give the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernels.config import Config
+from models.baselines import GPRModel
+from models.bundle import GPR, SEQUENCE, save_bundle
+from models.dataset import FrameSet, RecordingArrays, fit_stats, make_frames, split_by_subject, stack_frames
+from models.xlstm_regressor import SEQUENCE_ARCHS, ModelSpec, Regressor, build_model, detach_state, rmse_loss
+
+ARCHS = SEQUENCE_ARCHS + ("gpr",)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``arch`` (slstm | mlstm | mixed | lstm | gpr), ``epochs``, ``lr``, ``hidden``, ``layers``,
+    ``bptt`` (frames per truncated-BPTT segment), ``seed``, ``lead_ms``, ``gpr_points``."""
+
+    arch: str = "slstm"
+    epochs: int = 20
+    lr: float = 0.01
+    hidden: int = 32
+    layers: int = 2
+    bptt: int = 32
+    seed: int = 0
+    lead_ms: float = 0.0
+    gpr_points: int = 1000
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: Any) -> "TrainSettings":
+        m = config.model
+        base = dict(arch=m.arch, epochs=m.epochs, lr=m.lr, hidden=m.hidden, layers=m.layers, lead_ms=m.lead_ms)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
+        if self.epochs < 1 or self.bptt < 1:
+            raise ValueError(f"epochs and bptt must be >= 1, got {self.epochs}, {self.bptt}")
+
+
+@dataclass
+class TrainResult:
+    model: Any  # Regressor or GPRModel
+    curve: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _pad(sets: list[FrameSet]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = max(len(s.t) for s in sets)
+    F, T = sets[0].features.shape[1], sets[0].targets.shape[1]
+    x = np.zeros((len(sets), n, F), np.float32)
+    y = np.full((len(sets), n, T), np.nan, np.float32)
+    m = np.zeros((len(sets), n, T), bool)
+    for i, s in enumerate(sets):
+        k = len(s.t)
+        x[i, :k], y[i, :k], m[i, :k] = s.features, s.targets, s.mask
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m)
+
+
+def target_stats(sets: list[FrameSet]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-target mean and std (units) over the usable training frames."""
+    _, y, m = stack_frames(sets)
+    yy = np.where(m, y, np.nan)
+    if not np.all(m.any(axis=0)):
+        raise ValueError("a target has no usable (finite, unflagged) training frame")
+    mean, std = np.nanmean(yy, axis=0), np.nanstd(yy, axis=0)
+    std[~(std > 0)] = 1.0
+    return mean, std
+
+
+@torch.no_grad()
+def predict_units(model: Regressor, frames: np.ndarray) -> np.ndarray:
+    """Sequence forward from the start-of-stream state over ``frames float32[n, F]`` -> ``float32[n, T]``."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[None]
+    out, state = [], None
+    for a in range(0, x.shape[1], model.spec.context):
+        z, state = model(x[:, a:a + model.spec.context], state)
+        out.append(model.to_units(z)[0])
+    return torch.cat(out).numpy() if out else np.zeros((0, model.spec.n_targets), np.float32)
+
+
+def _val_loss(model: Regressor, sets: list[FrameSet]) -> float:
+    """Masked RMSE of standardised targets over ``sets`` (each from the start-of-stream state)."""
+    num, den = 0.0, 0
+    for s in sets:
+        z = (predict_units(model, s.features) - model.target_mean.numpy()) / model.target_std.numpy()
+        t = (s.targets - model.target_mean.numpy()) / model.target_std.numpy()
+        num += float(np.sum(np.where(s.mask, (z - t) ** 2, 0.0)))
+        den += int(s.mask.sum())
+    return float(np.sqrt(num / max(den, 1)))
+
+
+def train_sequence(train: list[FrameSet], settings: TrainSettings, val: list[FrameSet] | None = None,
+                   progress: bool = False) -> TrainResult:
+    """Train an xLSTM variant or the LSTM on ``train`` (frames already normalised by the front end)."""
+    if not train:
+        raise ValueError("no training recordings")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    F, T = train[0].features.shape[1], train[0].targets.shape[1]
+    spec = ModelSpec(settings.arch, F, T, hidden=settings.hidden, layers=settings.layers,
+                     context=max(settings.bptt, 64))
+    model = build_model(spec)
+    mean, std = target_stats(train)
+    model.set_target_stats(mean, std)
+    x, y, m = _pad(train)
+    y = (y - torch.from_numpy(mean.astype(np.float32))) / torch.from_numpy(std.astype(np.float32))
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    curve: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    bar = _bar(settings.epochs, f"train {settings.arch}", progress)
+    for epoch in range(settings.epochs):
+        model.train()
+        first = int(rng.integers(1, settings.bptt + 1)) if epoch else settings.bptt
+        bounds = [0] + list(range(first, x.shape[1], settings.bptt)) + [x.shape[1]]
+        state = model.zero_state(x.shape[0])
+        num, den = 0.0, 0
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            z, state = model(x[:, a:b], state)
+            mask = m[:, a:b]
+            state = detach_state(state)
+            if not mask.any():
+                continue
+            loss = rmse_loss(z, y[:, a:b], mask)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            k = int(mask.sum())
+            num, den = num + loss.item() ** 2 * k, den + k
+        row = {"epoch": epoch + 1, "train_rmse_z": float(np.sqrt(num / max(den, 1))),
+               "seconds": time.perf_counter() - t0}
+        if val:
+            row["val_rmse_z"] = _val_loss(model, val)
+        curve.append(row)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k.endswith("_z")})
+        bar.update()
+    bar.close()
+    return TrainResult(model.eval(), curve, time.perf_counter() - t0)
+
+
+def train_gpr(train: list[FrameSet], settings: TrainSettings) -> TrainResult:
+    """Fit the GPR baseline on the usable training frames (at most ``settings.gpr_points``)."""
+    t0 = time.perf_counter()
+    x, y, m = stack_frames(train)
+    keep = m.all(axis=1)
+    model = GPRModel.fit(x[keep], y[keep], max_points=settings.gpr_points, seed=settings.seed)
+    return TrainResult(model, [], time.perf_counter() - t0)
+
+
+def train_model(train: list[FrameSet], settings: TrainSettings, val: list[FrameSet] | None = None,
+                progress: bool = False) -> TrainResult:
+    if settings.arch == "gpr":
+        return train_gpr(train, settings)
+    return train_sequence(train, settings, val, progress)
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+@dataclass
+class TrainReport:
+    """What :func:`train_bundle` did: the bundle path and hash, splits, metrics, timings."""
+
+    bundle: Path
+    content_hash: str
+    train_groups: list[str]
+    test_groups: list[str]
+    metrics: dict[str, Any]
+    seconds: float
+    curve: list[dict[str, float]]
+    curve_png: Path | None
+
+
+def train_bundle(config: Config, recordings: list[RecordingArrays], out: str | Path, settings: TrainSettings,
+                 test_groups: list[str] | None = None, progress: bool = False, plot: bool = True) -> TrainReport:
+    """Split by subject, fit normalisation on the training side, train, evaluate on held-out
+    subjects with the bundle's compiled step engine, write the bundle (+ curve PNG beside it)."""
+    from models.bundle import load_bundle
+    from models.evaluate import evaluate_engine, plot_curve
+
+    train_recs, test_recs = split_by_subject(recordings, test_groups)
+    stats = fit_stats(config, train_recs)
+    train = [make_frames(config, stats, r, lead_ms=settings.lead_ms) for r in train_recs]
+    test = [make_frames(config, stats, r, lead_ms=settings.lead_ms) for r in test_recs]
+    result = train_model(train, settings, val=test or None, progress=progress)
+    training = {
+        "settings": dataclasses.asdict(settings),
+        "train_recordings": [r.name for r in train_recs],
+        "test_recordings": [r.name for r in test_recs],
+        "train_groups": sorted({r.group for r in train_recs}),
+        "test_groups": sorted({r.group for r in test_recs}),
+        "train_frames": int(sum(len(s.t) for s in train)),
+        "seconds": result.seconds,
+        "curve": result.curve,
+    }
+    if settings.arch == "gpr":
+        kind, arch, arrays = GPR, result.model.params(), result.model.arrays()
+    else:
+        kind, arch = SEQUENCE, result.model.spec.to_dict()
+        arrays = {k: v.detach().numpy() for k, v in result.model.state_dict().items()}
+    out = Path(out)
+    save_bundle(out, config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays, training=training)
+    metrics = evaluate_engine(load_bundle(out).engine("compiled"), test, config) if test else {}
+    h = save_bundle(out, config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays,
+                    metrics=metrics, training=training)
+    png = None
+    if plot and result.curve:
+        png = out.with_suffix(".curve.png")
+        plot_curve(result.curve, png, title=f"{settings.arch} on {config.profile.name}")
+    return TrainReport(out, h, training["train_groups"], training["test_groups"], metrics, result.seconds,
+                       result.curve, png)
