@@ -1,0 +1,246 @@
+"""Chunk sources for the loop: a recording (``ReplaySource``) or a live LSL stream (``LslSource``).
+
+Both ``pull(timeout)`` and return ``(timestamps float64[n], samples float32[n, C])`` views that
+stay valid until the next pull. ``chunk_flags`` holds the ``kernels.flags`` bits for the last
+chunk (GAP when samples were lost before or inside it, NONMONOTONIC when time went backwards).
+
+LslSource clock handling: the inlet runs with ``proc_clocksync`` only. liblsl then adds its
+background estimate of the sender's clock offset (``time_correction()``, refreshed every few
+seconds) to every timestamp, so chunks are on this host's LSL clock. Not ``proc_dejitter``:
+it fits a regular grid to the timestamps, which would smear a gap or dropped samples into
+evenly spaced times and hide them; our players send exact timestamps anyway. Not
+``proc_monotonize``: backwards time is flagged downstream, not silently repaired.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pylsl
+from pylsl.util import LostError
+
+from kernels import flags
+from kernels.config import Config
+from rt.lsl_streams import resolve_or_raise, spec_of
+from rt.recordings import Recording
+from rt.recordings.recording import RATE_RTOL, label_key
+
+#: Seconds of timestamps over which the effective rate is measured.
+RATE_WINDOW_S = 1.0
+
+
+class StreamMismatch(ValueError):
+    """The resolved stream's channel count, rate, format or labels differ from the config."""
+
+
+class ReplaySource:
+    """A recording as chunks of ``chunk`` samples, without LSL.
+
+    ``speed`` None: as fast as pulled; else paced so that a chunk is released when its newest
+    sample is due (recording time / speed after the first pull). Timestamps are the
+    recording's own. ``last_targets`` is the targets view (float32[n, T]) of the last chunk.
+    """
+
+    def __init__(self, recording: Recording, chunk: int = 10, speed: float | None = None) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 sample, got {chunk}")
+        if speed is not None and not speed > 0:
+            raise ValueError(f"speed must be > 0 or None, got {speed}")
+        self.rec, self.chunk, self.speed = recording, chunk, speed
+        self._ts = np.ascontiguousarray(recording.timestamps, dtype=np.float64)
+        self._x = np.ascontiguousarray(recording.samples, dtype=np.float32)
+        self._i = 0
+        self._start: float | None = None
+        self.exhausted = recording.n_samples == 0
+        self.chunk_flags = 0
+        self.last_targets: np.ndarray | None = None
+
+    def pull(self, timeout: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        """Next chunk; n == 0 at the end, or when a paced chunk is not due within ``timeout`` s."""
+        i, n = self._i, self._ts.shape[0]
+        if i >= n:
+            self.exhausted = True
+            return self._ts[n:], self._x[n:]
+        j = min(i + self.chunk, n)
+        if self.speed is not None:
+            now = time.perf_counter()
+            if self._start is None:
+                self._start = now
+            wait = self._start + (self._ts[j - 1] - self._ts[0]) / self.speed - now
+            if wait > timeout:
+                time.sleep(max(timeout, 0.0))
+                return self._ts[i:i], self._x[i:i]
+            if wait > 0:
+                time.sleep(wait)
+        self._i = j
+        self.exhausted = j >= n
+        if self.rec.targets is not None:
+            self.last_targets = self.rec.targets[i:j]
+        return self._ts[i:j], self._x[i:j]
+
+
+@dataclass
+class SourceStats:
+    """Health of a live source. lag_s: LSL clock now minus the newest timestamp at the last pull
+    (how far behind real time the consumer is); backlog: samples still queued after it."""
+
+    fs_measured: float = float("nan")
+    samples: int = 0
+    samples_dropped: int = 0
+    gaps: int = 0
+    lag_s: float = float("nan")
+    backlog: int = 0
+    reconnects: int = 0
+    connected: bool = False
+    clock_offset_s: float = float("nan")
+
+
+class LslSource:
+    """A live sEMG stream from LSL, checked against ``config`` and pulled into preallocated buffers.
+
+    Recovery: when the sender goes away (LostError) the source reports ``connected = False``;
+    a background resolver (liblsl ContinuousResolver) then looks for a new instance of the
+    stream (a different uid) and the next ``pull`` connects to it, checked like the first;
+    ``reconnects`` counts up and the jump in timestamps counts as a gap with the samples it
+    lost. While disconnected, ``pull`` sleeps ``timeout`` and returns nothing.
+    """
+
+    def __init__(self, name: str, config: Config, *, stream_type: str | None = None,
+                 resolve_timeout: float = 5.0, max_chunk: int = 4096, buffer_s: int = 10) -> None:
+        self.name, self.config, self.stream_type = name, config, stream_type
+        self.resolve_timeout, self.max_chunk, self.buffer_s = resolve_timeout, max_chunk, buffer_s
+        c = config.stream.n_channels
+        self._x = np.zeros((max_chunk, c), dtype=np.float32)
+        self._ts = np.zeros(max_chunk, dtype=np.float64)
+        self._inlet: pylsl.StreamInlet | None = None
+        self._native = True
+        self._opened = False
+        self._resolver: pylsl.ContinuousResolver | None = None
+        self._uid = ""
+        self._lost_uids: set[str] = set()
+        self._t_last: float | None = None
+        self._win_t0: float | None = None
+        self._win_n = 0
+        self.stats = SourceStats()
+        self.chunk_flags = 0
+
+    def open(self) -> None:
+        """Resolve (StreamNotFound listing visible streams) and check (StreamMismatch) before any data."""
+        self._connect(resolve_or_raise(self.name, self.stream_type, self.resolve_timeout))
+        self._opened = True
+
+    def _check(self, info: pylsl.StreamInfo) -> None:
+        s = self.config.stream
+        got = spec_of(info, "emg")
+        where = f"LSL stream {info.name()!r} ({info.type()}, source_id {info.source_id()!r})"
+        if info.channel_count() != s.n_channels:
+            raise StreamMismatch(f"{where}: {info.channel_count()} channels {got.channels}, config "
+                                 f"{self.config.profile.name!r} expects {s.n_channels} {list(s.channels)}")
+        if abs(info.nominal_srate() - s.fs) > RATE_RTOL * s.fs:
+            raise StreamMismatch(f"{where}: nominal rate {info.nominal_srate():g} Hz, config "
+                                 f"{self.config.profile.name!r} expects {s.fs:g} Hz")
+        if info.channel_format() == pylsl.cf_string:
+            raise StreamMismatch(f"{where}: string samples, expected numeric sEMG")
+        if [label_key(x) for x in got.channels] != [label_key(x) for x in s.channels]:
+            raise StreamMismatch(f"{where}: channel labels {got.channels}, config "
+                                 f"{self.config.profile.name!r} expects {list(s.channels)} (in this order)")
+
+    def _connect(self, info: pylsl.StreamInfo) -> None:
+        inlet = pylsl.StreamInlet(info, max_buflen=self.buffer_s, recover=False,
+                                  processing_flags=pylsl.proc_clocksync)
+        full = inlet.info(timeout=self.resolve_timeout)
+        self._check(full)
+        self.stats.clock_offset_s = inlet.time_correction(timeout=self.resolve_timeout)
+        inlet.open_stream(timeout=self.resolve_timeout)
+        self._native = full.channel_format() == pylsl.cf_float32
+        self._inlet = inlet
+        self._uid = full.uid()
+        self.stats.connected = True
+
+    def _disconnect(self) -> None:
+        if self._inlet is not None:
+            self._inlet.close_stream()
+        self._inlet = None
+        self.stats.connected = False
+
+    def _fresh_stream(self) -> pylsl.StreamInfo | None:
+        """A newly seen instance of our stream (not one already lost), from the background resolver."""
+        if self._resolver is None:
+            pred = f"name='{self.name}'" + (f" and type='{self.stream_type}'" if self.stream_type else "")
+            self._resolver = pylsl.ContinuousResolver(pred=pred, forget_after=2.0)
+        for info in self._resolver.results():
+            if info.uid() not in self._lost_uids:
+                return info
+        return None
+
+    def pull(self, timeout: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        """Samples that arrived, waiting up to ``timeout`` s for the first; views, local LSL clock."""
+        if not self._opened:
+            raise RuntimeError("LslSource.pull() before open()")
+        self.chunk_flags = 0
+        if self._inlet is None:
+            info = self._fresh_stream()
+            if info is None:
+                time.sleep(timeout)
+                return self._ts[:0], self._x[:0]
+            self._connect(info)
+            self.stats.reconnects += 1
+        try:
+            if self._native:
+                _, ts = self._inlet.pull_chunk(timeout=timeout, max_samples=self.max_chunk, dest_obj=self._x,
+                                               min_samples=1, as_numpy=True)
+            else:
+                x, ts = self._inlet.pull_chunk(timeout=timeout, max_samples=self.max_chunk, min_samples=1,
+                                               as_numpy=True)
+                self._x[:len(ts)] = x
+        except LostError:
+            self._lost_uids.add(self._uid)
+            self._disconnect()
+            return self._ts[:0], self._x[:0]
+        n = len(ts)
+        if n:
+            self._ts[:n] = ts
+            self._account(self._ts[:n])
+            self.stats.backlog = self._inlet.samples_available()
+        return self._ts[:n], self._x[:n]
+
+    def _account(self, ts: np.ndarray) -> None:
+        """Update gaps, dropped samples, rate and lag from one chunk's timestamps."""
+        st, fs = self.stats, self.config.stream.fs
+        n = ts.shape[0]
+        # steps[k]: time from the previous sample into ts[k] (the first sample ever: one period)
+        steps = np.diff(ts, prepend=ts[0] - 1.0 / fs if self._t_last is None else self._t_last)
+        big = steps > self.config.stream.gap_factor / fs
+        if big.any():
+            st.gaps += int(big.sum())
+            st.samples_dropped += int(np.rint(steps[big] * fs).sum() - big.sum())
+            self.chunk_flags |= flags.GAP
+            k = int(np.nonzero(big)[0][-1])
+            self._win_t0, self._win_n = float(ts[k]), n - k
+        elif self._win_t0 is None:
+            self._win_t0, self._win_n = float(ts[0]), n
+        else:
+            self._win_n += n
+        if (steps <= 0).any():
+            self.chunk_flags |= flags.NONMONOTONIC
+        st.samples += n
+        self._t_last = float(ts[-1])
+        st.lag_s = pylsl.local_clock() - self._t_last
+        span = self._t_last - self._win_t0
+        if span >= RATE_WINDOW_S:
+            st.fs_measured = (self._win_n - 1) / span
+            self._win_t0, self._win_n = self._t_last, 1
+
+    def close(self) -> None:
+        self._disconnect()
+        self._resolver = None
+        self._opened = False
+
+    def __enter__(self) -> LslSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,138 @@
+"""Our native format and XDF: round trips, torn tails, corruption, clock offsets (read by pyxdf)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pyxdf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rt.recordings import RecordingError, load_recording
+from rt.recordings.native import NativeWriter, StreamSpec
+from rt.recordings.xdf import XdfWriter
+
+SPECS = [
+    StreamSpec("s", "EMG", "emg", 1000.0, ["RF", "BF", "VM", "ST"], ["mV"] * 4),
+    StreamSpec("s-targets", "Targets", "targets", 1000.0, ["knee_flexion"], ["deg"]),
+    StreamSpec("s-markers", "Markers", "markers", 0.0, ["marker"], [""], "string"),
+]
+
+
+def _data(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    t = 50.0 + np.arange(n) / 1000.0
+    return t, rng.normal(0, 1, (n, 4)).astype(np.float32), rng.normal(30, 10, (n, 1)).astype(np.float32)
+
+
+def _write(writer, t, x, y, sizes):
+    i = 0
+    for k in sizes:
+        writer.append(0, t[i:i + k], x[i:i + k])
+        writer.append(1, t[i:i + k], y[i:i + k])
+        i += k
+    writer.append(2, np.array([t[10], t[200]]), ["go", "stop, now"])
+    writer.close()
+    return i
+
+
+@settings(deadline=None, max_examples=10)
+@given(sizes=st.lists(st.integers(1, 97), min_size=1, max_size=12))
+def test_native_round_trip_any_chunking(tmp_path_factory, sizes):
+    t, x, y = _data()
+    path = tmp_path_factory.mktemp("rt") / "r.exorec"
+    n = _write(NativeWriter(path, SPECS), t, x, y, sizes)
+    rec = load_recording(path)
+    assert rec.format == "exoloop" and rec.skipped == []
+    np.testing.assert_array_equal(rec.timestamps, t[:n])
+    np.testing.assert_array_equal(rec.samples, x[:n])
+    np.testing.assert_array_equal(rec.targets, y[:n])
+    assert rec.markers == [(t[10], "go"), (t[200], "stop, now")]
+    assert rec.channel_names == SPECS[0].channels and rec.target_names == ["knee_flexion"]
+
+
+def test_native_torn_final_block_is_skipped(tmp_path):
+    t, x, y = _data()
+    path = tmp_path / "r.exorec"
+    w = NativeWriter(path, SPECS[:1])
+    for i in range(0, 500, 50):
+        w.append(0, t[i:i + 50], x[i:i + 50])
+    w.close()
+    full = path.read_bytes()
+    block = 20 + 50 * (8 + 16)
+    for cut in (1, 19, 20, 21, block // 2, block - 1):
+        torn = tmp_path / f"torn{cut}.exorec"
+        torn.write_bytes(full[: len(full) - block + cut])
+        rec = load_recording(torn)
+        np.testing.assert_array_equal(rec.samples, x[:450])
+        assert len(rec.skipped) == 1 and "torn final block" in rec.skipped[0] and f"torn{cut}.exorec" in rec.skipped[0]
+    # a block that fails its CRC in the middle is corruption, not a torn tail
+    bad = bytearray(full)
+    bad[len(full) - 3 * block + 40] ^= 0xFF
+    (tmp_path / "bad.exorec").write_bytes(bytes(bad))
+    with pytest.raises(RecordingError, match=r"bad\.exorec: byte \d+: corrupt block \(CRC mismatch\)"):
+        load_recording(tmp_path / "bad.exorec")
+    (tmp_path / "hdr.exorec").write_bytes(full[:30])
+    with pytest.raises(RecordingError, match=r"hdr\.exorec: byte 12: header is not valid"):
+        load_recording(tmp_path / "hdr.exorec")
+
+
+def test_native_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "r.exorec"
+    NativeWriter(path, SPECS).close()
+    with pytest.raises(FileExistsError):
+        NativeWriter(path, SPECS)
+
+
+def test_xdf_written_here_is_read_by_pyxdf_with_offsets(tmp_path, uci_config):
+    t, x, y = _data()
+    path = tmp_path / "r.xdf"
+    w = XdfWriter(path, SPECS)
+    offset = 0.25
+    for sid in range(3):
+        w.clock_offset(sid, t[0], offset)
+        w.clock_offset(sid, t[-1], offset)
+    n = _write(w, t, x, y, [7] * 70)
+    streams, _ = pyxdf.load_xdf(str(path), synchronize_clocks=True, dejitter_timestamps=False)
+    by_name = {s["info"]["name"][0]: s for s in streams}
+    np.testing.assert_allclose(by_name["s"]["time_stamps"], t[:n] + offset, atol=1e-9)
+    np.testing.assert_array_equal(by_name["s"]["time_series"], x[:n])
+    assert by_name["s-markers"]["time_series"] == [["go"], ["stop, now"]]
+    assert by_name["s"]["footer"]["info"]["sample_count"] == [str(n)]
+    rec = load_recording(path, config=uci_config)
+    assert rec.format == "xdf"
+    np.testing.assert_allclose(rec.timestamps, t[:n] + offset, atol=1e-9)
+    np.testing.assert_array_equal(rec.samples, x[:n])
+    np.testing.assert_allclose(rec.targets, y[:n], atol=1e-5)
+    assert [m[1] for m in rec.markers] == ["go", "stop, now"]
+
+
+def test_xdf_without_emg_stream_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.xdf"
+    w = XdfWriter(path, SPECS[2:])
+    w.append(0, np.array([1.0]), ["x"])
+    w.close()
+    with pytest.raises(RecordingError, match=r"m\.xdf: no sEMG stream .*'s-markers'"):
+        load_recording(path)
+
+
+def test_align_series_against_plain_reference():
+    """align_series vs a per-sample loop: interpolation, snapping, NaN outside and across gaps."""
+    from rt.recordings.recording import align_series
+
+    rng = np.random.default_rng(3)
+    t_src = np.sort(np.r_[np.arange(0, 1, 0.01), np.arange(1.5, 2, 0.01)] + rng.normal(0, 1e-4, 150))
+    v = rng.normal(0, 1, (150, 2))
+    t_dst = np.arange(-0.1, 2.1, 0.003)
+    got = align_series(t_dst, t_src, v, max_gap=0.03, snap=2e-4)
+    for i, t in enumerate(t_dst):
+        r = np.searchsorted(t_src, t)
+        if t < t_src[0] or t > t_src[-1] or t_src[min(r, 149)] - t_src[max(r - 1, 0)] > 0.03:
+            assert np.isnan(got[i]).all()
+            continue
+        near = np.argmin(np.abs(t_src - t))
+        if abs(t_src[near] - t) <= 2e-4:
+            np.testing.assert_allclose(got[i], v[near], rtol=1e-6)
+        else:
+            ref = [np.interp(t, t_src, v[:, k]) for k in range(2)]
+            np.testing.assert_allclose(got[i], ref, rtol=1e-5, atol=1e-6)
