@@ -1,0 +1,50 @@
+"""``exoloop run --name N --model B [--config C] [--publish EP]``: the live loop."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+
+def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=(
+        "The live loop on an LSL sEMG stream: resolve the stream, check channel count, rate and "
+        "labels against the config and the bundle (clear error before any prediction), warm up, "
+        "then per chunk front end -> one step per frame -> pred on ZeroMQ; status at 1 Hz. "
+        "Spawns the Lag-Llama forecaster beside it (restarted with back-off if it dies). "
+        "Ctrl-C or SIGTERM stops everything."))
+    p.add_argument("--name", required=True, metavar="N", help="LSL stream name")
+    p.add_argument("--model", required=True, metavar="B", help="model bundle")
+    p.add_argument("--config", metavar="C", help="profile name or TOML path (default: the bundle's config)")
+    p.add_argument("--publish", metavar="EP", help="ZeroMQ endpoint to bind (default: config loop.publish)")
+    p.add_argument("--engine", choices=("compiled", "eager"), default="compiled", help="step engine (default compiled)")
+    p.add_argument("--no-forecaster", action="store_true", help="do not spawn the forecaster")
+    p.add_argument("--forecast-publish", default="tcp://127.0.0.1:*", metavar="EP2",
+                   help="endpoint the forecaster publishes horizons on (default: a free local port, shown in status)")
+    p.add_argument("--checkpoint", metavar="P", help="Lag-Llama checkpoint for the forecaster (default: its own)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--resolve-timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the stream (default 5)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rt.runner import run_live
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        r = run_live(args.name, args.model, config_path=args.config, publish=args.publish,
+                     engine_kind=args.engine, forecaster=not args.no_forecaster,
+                     forecast_publish=args.forecast_publish, checkpoint=args.checkpoint,
+                     duration=args.duration, stop=stop, resolve_timeout=args.resolve_timeout)
+    except (ValueError, OSError, LookupError, RuntimeError) as exc:
+        print(f"exoloop run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    age = r.stages_ms["age"]
+    print(f"exoloop run: {r.hops} hops, {r.samples} samples, {r.flagged} flagged; "
+          f"latency (publish - newest sample) p50 {age['p50']:.3f} ms, p99 {age['p99']:.3f} ms, max {age['max']:.3f} ms",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,237 @@
+"""The hot loop: source → front end → one step per frame → ``pred`` on ZeroMQ; ``status`` at 1 Hz.
+
+One thread. Per chunk: ``source.pull`` (the only wait), ``FrontEnd.push`` (views into
+preallocated buffers), then for every frame ``StepEngine.step`` and a non-blocking publish.
+Nothing on this path waits on anything slow: the forecaster is another process fed by the
+``pred`` stream itself (see :mod:`rt.supervisor`), the publisher never blocks
+(:mod:`rt.publish`), and the per-stage times go into preallocated histograms
+(:mod:`rt.latency`). NumPy arrays are not allocated per hop; the msgpack payload is.
+
+``pred``: ``seq`` counts hops from 0 without gaps; ``t_src`` is the timestamp of the newest
+input sample consumed for the frame (the front end's own algorithmic delay, ``delay_s`` in
+``status``, is not hidden in it); ``t_pub`` is ``pylsl.local_clock()`` just before the send.
+A flagged frame is still published. If the step returns non-finite values, the last finite
+values are published instead with :data:`kernels.flags.NONFINITE` set, and the engine's
+recurrent state is reset (it would stay non-finite otherwise).
+
+Stages (seconds on the LSL clock): ``wait`` (inside ``pull``), ``frontend`` (``push``),
+``step``, ``publish`` (encode + send), ``hop`` (chunk arrival → this frame's ``pred`` sent)
+and, for sources on the local LSL clock, ``age`` (``t_pub - t_src``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import pylsl
+
+from kernels import flags as F
+from kernels.config import Config
+from rt import schema
+from rt.latency import StageTimes
+from rt.publish import Publisher
+from rt.supervisor import Supervisor
+
+STAGES = ("wait", "frontend", "step", "publish", "hop", "age")
+
+
+class Source(Protocol):
+    def pull(self, timeout: float = 0.1) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class LoopResult:
+    """What a run did. ``t``/``values``/``flags``/``t_pub`` are filled when ``record=True``."""
+
+    hops: int
+    chunks: int
+    samples: int
+    nonfinite_steps: int
+    flagged: int
+    wall_s: float
+    stages_ms: dict[str, dict[str, float]]
+    fs: float = 0.0  # the stream's nominal rate (Hz), for "× real time"
+    t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    t_pub: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class _Record:
+    """Growable per-hop record (doubling: amortised, no allocation on most hops)."""
+
+    def __init__(self, n_targets: int, capacity: int = 4096):
+        self.n = 0
+        self.t = np.zeros(capacity)
+        self.t_pub = np.zeros(capacity)
+        self.values = np.zeros((capacity, n_targets), np.float32)
+        self.flags = np.zeros(capacity, np.uint32)
+
+    def add(self, t: float, t_pub: float, values: np.ndarray, flags: int) -> None:
+        if self.n == len(self.t):
+            for name in ("t", "t_pub", "values", "flags"):
+                old = getattr(self, name)
+                new = np.zeros((2 * len(old),) + old.shape[1:], old.dtype)
+                new[: len(old)] = old
+                setattr(self, name, new)
+        i = self.n
+        self.t[i], self.t_pub[i], self.flags[i] = t, t_pub, flags
+        self.values[i] = values
+        self.n += 1
+
+
+class Loop:
+    """Compose a source, a front end, a step engine and a publisher (any may be swapped in tests).
+
+    ``frontend``: ``push(timestamps float64[n], samples float32[n, C]) -> Frames(t, features
+    float32[k, 6C], flags uint32[k])``; ``engine``: ``step(frame float32[6C]) -> float32[T]``.
+    ``source_clock_local``: the source's timestamps are ``pylsl.local_clock()`` (live LSL), so
+    ``age`` = ``t_pub - t_src`` is a latency; False for replays of recordings.
+    """
+
+    def __init__(self, config: Config, frontend: Any, engine: Any, source: Source,
+                 publisher: Publisher | None = None, *, supervisor: Supervisor | None = None,
+                 status_interval_s: float = 1.0, record: bool = False, keep: int = 0,
+                 pull_timeout_s: float = 0.05, source_clock_local: bool = True):
+        self.config = config
+        self.frontend = frontend
+        self.engine = engine
+        self.source = source
+        self.publisher = publisher
+        self.supervisor = supervisor
+        self.status_interval_s = status_interval_s
+        self.pull_timeout_s = pull_timeout_s
+        self.source_clock_local = source_clock_local
+        self.times = StageTimes(STAGES, keep=keep)
+        self._record = _Record(config.targets.n_targets) if record else None
+        self._last_good = np.zeros(config.targets.n_targets, np.float32)
+        self.seq = 0
+        self.chunks = 0
+        self.samples = 0
+        self.nonfinite_steps = 0
+        self.flagged = 0
+        self.delay_s = float(getattr(frontend, "delay_samples", 0)) / config.stream.fs
+
+    def warmup(self) -> None:
+        """Compile and touch every kernel (front end, step, encoder), then reset their state."""
+        for part in (self.frontend, self.engine):
+            if hasattr(part, "warmup"):
+                part.warmup()
+        win = self.config.frontend.window
+        n = win.length + 2 * win.hop + int(getattr(self.frontend, "delay_samples", 0))
+        frames = self.frontend.push(np.arange(n, dtype=np.float64) / self.config.stream.fs,
+                                    np.zeros((n, self.config.stream.n_channels), np.float32))
+        for i in range(len(frames.t)):
+            schema.encode_pred(0, float(frames.t[i]), 0.0, self.engine.step(frames.features[i]), 0)
+        self.frontend.reset()
+        self.engine.reset()
+
+    def status(self, now: float) -> dict[str, Any]:
+        """The ``status`` fields: schema v1 plus ``connected``, ``reconnects``, ``delay_s``,
+        ``stages_ms``, ``publish_dropped``, ``nonfinite_steps``, ``flagged``."""
+        st = getattr(self.source, "stats", None)
+        h = self.times["age" if self.source_clock_local else "hop"]
+        p50, p99 = h.percentiles((50.0, 99.0))
+        stages = {}
+        for name in STAGES:
+            hs = self.times[name]
+            q50, q99 = hs.percentiles((50.0, 99.0))
+            stages[name] = {"p50": 1e3 * q50, "p99": 1e3 * q99, "max": 1e3 * hs.max, "n": hs.count}
+        return {
+            "t_pub": now,
+            "targets": list(self.config.targets.names),
+            "channels": list(self.config.stream.channels),
+            "fs_nominal": self.config.stream.fs,
+            "fs_measured": float(getattr(st, "fs_measured", math.nan) or math.nan),
+            "hops": self.seq,
+            "samples_dropped": int(getattr(st, "samples_dropped", 0)),
+            "gaps": int(getattr(st, "gaps", 0)),
+            "connected": bool(getattr(st, "connected", True)),
+            "reconnects": int(getattr(st, "reconnects", 0)),
+            "latency_ms": {"p50": 1e3 * p50, "p99": 1e3 * p99, "max": 1e3 * h.max,
+                           "measure": "age" if self.source_clock_local else "hop"},
+            "forecaster": self.supervisor.state() if self.supervisor is not None else None,
+            "delay_s": self.delay_s,
+            "stages_ms": stages,
+            "publish_dropped": self.publisher.dropped if self.publisher is not None else 0,
+            "nonfinite_steps": self.nonfinite_steps,
+            "flagged": self.flagged,
+        }
+
+    def run(self, duration: float | None = None, stop: threading.Event | None = None,
+            max_hops: int | None = None, progress: Callable[[int], None] | None = None) -> LoopResult:
+        """Run until ``duration`` s (LSL clock), ``stop``, ``max_hops`` or an exhausted source."""
+        clock = pylsl.local_clock
+        src, fe, eng, pub = self.source, self.frontend, self.engine, self.publisher
+        h = self.times.hist
+        h_wait, h_fe, h_step, h_pub, h_hop, h_age = (h[s] for s in STAGES)
+        rec, last_good, invalid = self._record, self._last_good, F.INVALID
+        encode, PRED = schema.encode_pred, schema.PRED
+        local = self.source_clock_local
+        timeout = self.pull_timeout_s
+        stop = stop or threading.Event()
+        start = clock()
+        end = start + duration if duration is not None else math.inf
+        max_hops = max_hops if max_hops is not None else math.inf
+        next_status = start + self.status_interval_s
+        while not stop.is_set() and self.seq < max_hops:
+            t0 = clock()
+            ts, x = src.pull(timeout)
+            t1 = clock()
+            n = len(ts)
+            if n:
+                h_wait.add(t1 - t0)
+                self.chunks += 1
+                self.samples += n
+                frames = fe.push(ts, x)
+                t2 = clock()
+                h_fe.add(t2 - t1)
+                for i in range(len(frames.t)):
+                    ta = clock()
+                    y = eng.step(frames.features[i])
+                    tb = clock()
+                    fl = int(frames.flags[i])
+                    if math.isfinite(float(y.sum())):
+                        last_good[:] = y
+                    else:  # publish the last good values; the recurrent state is poisoned: reset it
+                        fl |= F.NONFINITE
+                        self.nonfinite_steps += 1
+                        eng.reset()
+                    if fl & invalid:
+                        self.flagged += 1
+                    t_src = float(frames.t[i])
+                    t_pub = clock()
+                    if pub is not None:
+                        pub.send(PRED, encode(self.seq, t_src, t_pub, last_good, fl))
+                    tc = clock()
+                    h_step.add(tb - ta)
+                    h_pub.add(tc - t_pub)
+                    h_hop.add(tc - t1)
+                    if local:
+                        h_age.add(t_pub - t_src)
+                    if rec is not None:
+                        rec.add(t_src, t_pub, last_good, fl)
+                    self.seq += 1
+                if progress is not None:
+                    progress(n)
+            elif getattr(src, "exhausted", False):
+                break
+            if t1 >= next_status:
+                next_status = t1 + self.status_interval_s
+                if pub is not None:
+                    pub.send(schema.STATUS, schema.encode_status(**self.status(t1)))
+            if t1 >= end:
+                break
+        return self._result(clock() - start)
+
+    def _result(self, wall_s: float) -> LoopResult:
+        res = LoopResult(self.seq, self.chunks, self.samples, self.nonfinite_steps, self.flagged,
+                         wall_s, self.times.summary_ms(), self.config.stream.fs)
+        if self._record is not None:
+            r, n = self._record, self._record.n
+            res.t, res.values, res.flags, res.t_pub = r.t[:n].copy(), r.values[:n].copy(), r.flags[:n].copy(), r.t_pub[:n].copy()
+        return res

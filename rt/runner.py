@@ -1,0 +1,157 @@
+"""Sessions of the loop: ``replay`` (a recording, no LSL) and ``run_live`` (an LSL stream).
+
+Both check everything before the first prediction: the bundle against the config
+(``Bundle.check_compatible``), the recording or the stream against the config (channel count,
+rate, labels), then warm up every compiled kernel. Errors name what differs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernels.config import Config, load_config
+from rt.loop import Loop, LoopResult
+from rt.publish import Publisher
+from rt.supervisor import Supervisor, forecaster_argv
+
+
+def load_model(bundle_path: str | Path, config_path: str | Path | None = None) -> tuple[Any, Config]:
+    """The bundle and the config to run it with (the bundle's own unless ``config_path``),
+    checked compatible (``BundleMismatch`` names what differs)."""
+    from models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    config = load_config(config_path) if config_path is not None else bundle.config
+    bundle.check_compatible(config)
+    return bundle, config
+
+
+def build_loop(bundle: Any, config: Config, source: Any, publisher: Publisher | None, *,
+               engine_kind: str = "compiled", **loop_kw: Any) -> Loop:
+    """A warmed-up :class:`Loop` with a fresh front end (the bundle's frozen statistics)."""
+    from kernels.frontend import FrontEnd
+
+    loop = Loop(config, FrontEnd(config, bundle.norm_stats), bundle.engine(kind=engine_kind), source,
+                publisher, **loop_kw)
+    loop.warmup()
+    return loop
+
+
+def connectable(endpoint: str) -> str:
+    """The address a local peer connects to for a bound ``endpoint`` (``*``/0.0.0.0 → 127.0.0.1)."""
+    return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace("tcp://*:", "tcp://127.0.0.1:")
+
+
+def write_config_toml(config: Config, path: str | Path) -> Path:
+    """Write ``config`` as TOML that :func:`kernels.config.load_config` reads back equal."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return "[" + ", ".join(value(x) for x in v) + "]"
+
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        if scalars:
+            lines.append(f"[{prefix}]")
+            lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", config.to_dict())
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def replay(recording: str | Path, bundle_path: str | Path, *, config_path: str | Path | None = None,
+           publish: str | None = None, speed: float | None = None, chunk: int = 10,
+           engine_kind: str = "compiled", out: str | Path | None = None, progress: bool = False,
+           stop: threading.Event | None = None) -> LoopResult:
+    """The loop over a recording: paced at ``speed`` × real time, or as fast as possible
+    (``speed=None``). With ``out``, saves ``t, values, flags, t_pub, targets`` to an ``.npz``."""
+    from rt.recordings import load_recording
+    from rt.sources import ReplaySource
+
+    bundle, config = load_model(bundle_path, config_path)
+    rec = load_recording(recording, config=config)
+    pub = Publisher(publish) if publish else None
+    try:
+        loop = build_loop(bundle, config, ReplaySource(rec, chunk=chunk, speed=speed), pub,
+                          engine_kind=engine_kind, record=out is not None, source_clock_local=False)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(rec.timestamps), unit="sample", unit_scale=True, desc="replay")
+        try:
+            result = loop.run(stop=stop, progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        if pub is not None:
+            pub.close()
+    if out is not None:
+        np.savez(out, t=result.t, values=result.values, flags=result.flags, t_pub=result.t_pub,
+                 targets=np.array(config.targets.names), units=np.array(config.targets.units))
+    return result
+
+
+def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | None = None,
+             publish: str | None = None, engine_kind: str = "compiled", forecaster: bool = True,
+             forecast_publish: str = "tcp://127.0.0.1:*", checkpoint: str | None = None,
+             duration: float | None = None, stop: threading.Event | None = None,
+             resolve_timeout: float = 5.0, max_hops: int | None = None, keep: int = 0,
+             forecaster_log: Any = None) -> LoopResult:
+    """The live loop on LSL stream ``name``. Kernels are warmed up, then the stream is resolved
+    and checked against the config (``StreamNotFound``/``StreamMismatch``) before anything is
+    published. With ``forecaster``, spawns
+    ``exoloop forecast serve`` fed by this loop's ``pred`` and restarts it with back-off."""
+    from rt.sources import LslSource
+
+    bundle, config = load_model(bundle_path, config_path)
+    source = LslSource(name, config, resolve_timeout=resolve_timeout)
+    pub = Publisher(publish or config.loop.publish)
+    sup = None
+    try:
+        # warm up first (seconds of JIT/cache loading), then connect: no backlog at the first chunk
+        loop = build_loop(bundle, config, source, pub, engine_kind=engine_kind, keep=keep)
+        source.open()
+        with tempfile.TemporaryDirectory(prefix="exoloop-") as tmp:
+            if forecaster:
+                cfg_path = config_path or write_config_toml(config, Path(tmp) / "config.toml")
+                if forecast_publish.endswith(":*"):  # the worker needs a concrete port to announce
+                    forecast_publish = _free_tcp(forecast_publish)
+                sup = Supervisor(forecaster_argv(connectable(pub.endpoint), forecast_publish, str(cfg_path),
+                                                 checkpoint), stderr=forecaster_log,
+                                 info={"endpoint": forecast_publish})
+                sup.start()
+                loop.supervisor = sup
+            return loop.run(duration=duration, stop=stop, max_hops=max_hops)
+    finally:
+        if sup is not None:
+            sup.stop()
+        pub.close()
+        source.close()
+
+
+def _free_tcp(endpoint: str) -> str:
+    """``tcp://HOST:*`` → ``tcp://HOST:PORT`` with a port free right now."""
+    import socket
+
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"

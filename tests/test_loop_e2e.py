@@ -1,0 +1,258 @@
+"""End to end with real processes, real LSL and real ZeroMQ (issue 5, "Proven end to end").
+
+One loop process (``exoloop run``, which spawns the forecaster) and one controller process
+(``exoloop controller --jsonl``) serve the whole module; player processes come and go:
+
+1. player 1 plays a 3 s slice of a bundled recording once → the test's subscriber gets ``seq``
+   0..k-1 without gaps, k = the offline replay's frame count, values equal (≤ 1e-5) to the
+   offline replay through the same front end and step engine (and the same flags);
+2. player 1 is killed, player 2 starts (looping) → the loop reconnects, the first frames after
+   the gap are flagged GAP, the controller went active → safe → active; the forecaster is
+   killed mid-run → ``seq`` stays contiguous and the supervisor restarts it;
+3. player 3 plays the slice with a NaN/inf burst → NONFINITE-flagged frames, no non-finite
+   value in any ``pred``, the controller goes to safe mode.
+
+Separately: a stream of the wrong channel count or rate → a clear error before any ``pred``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from kernels import flags as F
+from rt import schema
+
+from loop_helpers import offline_predictions, random_bundle, uci_slice, write_recording
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 3000  # samples in the slice (3 s at 1000 Hz)
+PY = [sys.executable, "-m", "rt.cli"]
+
+
+def _port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _checkpoint() -> Path:
+    shipped = ROOT / "data" / "models" / "lagllama-exoloop.ckpt"
+    return shipped if shipped.exists() else ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
+
+
+def _player(rec: Path, name: str, *, wait_consumer: bool, loop: bool = False) -> subprocess.Popen:
+    """A player process (rt.player.Player); with ``wait_consumer`` it starts once an inlet is connected."""
+    code = ("import sys, time\n"
+            "from rt.recordings import load_recording\nfrom rt.player import Player\n"
+            f"p = Player(load_recording({str(rec)!r}), {name!r}, chunk=10, loop={loop})\n"
+            + ("assert p.have_consumers(60)\ntime.sleep(0.3)\n" if wait_consumer else "")
+            + "p.run()\ntime.sleep(3600)\n")
+    return subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+
+
+class Collector:
+    """Subscribes to pred + status in a thread; keeps everything it receives."""
+
+    def __init__(self, endpoint: str):
+        self.preds: list[dict] = []
+        self.status: list[dict] = []
+        self._stop = threading.Event()
+        self._sock = zmq.Context.instance().socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        for t in (schema.PRED, schema.STATUS):
+            self._sock.setsockopt(zmq.SUBSCRIBE, t)
+        self._sock.connect(endpoint)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._sock.poll(50):
+                topic, payload = self._sock.recv_multipart()
+                (self.preds if topic == schema.PRED else self.status).append(schema.decode(topic, payload))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join()
+        self._sock.close(0)
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, uci_config, uci_files):
+    d = tmp_path_factory.mktemp("e2e")
+    cfg = uci_config
+    x, y = uci_slice(uci_files[1], cfg, N)
+    t = np.arange(N) / cfg.stream.fs
+    clean = write_recording(d / "clean.exorec", cfg, x, y)
+    xb = x.copy()
+    xb[1200:1260, 0] = np.nan
+    xb[1230:1240, 2] = np.inf
+    burst = write_recording(d / "burst.exorec", cfg, xb, y)
+    bundle = random_bundle(d / "rand.exo", cfg, [(t, x)])
+    return {"cfg": cfg, "t": t, "x": x, "clean": clean, "burst": burst, "bundle": bundle, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def live(setup):
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    ep, ep_h = _port(), _port()
+    cfg_path = setup["dir"] / "uci.toml"
+    from rt.runner import write_config_toml
+
+    write_config_toml(setup["cfg"], cfg_path)
+    loop = subprocess.Popen(PY + ["run", "--name", name, "--model", str(setup["bundle"]), "--publish", ep,
+                                  "--forecast-publish", ep_h, "--checkpoint", str(_checkpoint()),
+                                  "--resolve-timeout", "60"], env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    ctl = subprocess.Popen(PY + ["controller", "--connect", ep, "--config", str(cfg_path), "--jsonl"],
+                           stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    events: list[dict] = []
+    threading.Thread(target=lambda: [events.append(json.loads(ln)) for ln in ctl.stdout], daemon=True).start()
+    col = Collector(ep)
+    state = {"name": name, "loop": loop, "ctl": ctl, "events": events, "col": col, "players": []}
+    yield state
+    col.close()
+    for p in state["players"]:
+        p.kill()
+        p.wait()
+    ctl.send_signal(signal.SIGTERM)
+    loop.send_signal(signal.SIGTERM)
+    assert ctl.wait(20) == 0
+    rc = loop.wait(30)
+    err = loop.stderr.read()
+    assert rc == 0, err[-3000:]
+    fc = [s["forecaster"] for s in col.status if s["forecaster"] and s["forecaster"]["pid"]]
+    for f in fc[-1:]:  # the loop stopped its forecaster
+        with pytest.raises(ProcessLookupError):
+            os.kill(f["pid"], 0)
+
+
+def _modes(events):
+    return [e["new"] for e in events if e.get("event") == "mode"]
+
+
+def test_1_player_to_loop_to_subscriber_equals_offline_replay(setup, live):
+    fr, ref = offline_predictions(setup["bundle"], setup["t"], setup["x"])
+    k = len(ref)
+    p1 = _player(setup["clean"], live["name"], wait_consumer=True)
+    live["players"].append(p1)
+    col = live["col"]
+    _wait(lambda: len(col.preds) >= k, 90, f"{k} preds")
+    time.sleep(0.5)  # nothing more may come: the recording has ended
+    preds = list(col.preds)
+    assert [m["seq"] for m in preds] == list(range(k))
+    np.testing.assert_allclose(np.array([m["values"] for m in preds]), ref, rtol=0, atol=1e-5)
+    assert [m["flags"] for m in preds] == fr.flags.tolist()
+    assert all(m["t_pub"] >= m["t_src"] for m in preds)
+    _wait(lambda: "active" in _modes(live["events"]), 10, "controller active")
+
+
+def test_2_player_restart_recovers_and_forecaster_kill_leaves_no_gap(setup, live):
+    col = live["col"]
+    p1 = live["players"].pop()
+    p1.kill()
+    p1.wait()
+    _wait(lambda: "safe" in _modes(live["events"]), 10, "controller safe mode after the player died")
+    n_before = len(col.preds)
+    p2 = _player(setup["clean"], live["name"], wait_consumer=False, loop=True)
+    live["players"].append(p2)
+    _wait(lambda: len(col.preds) > n_before + 20, 60, "preds after the player restarted")
+    resumed = col.preds[n_before:]
+    assert resumed[0]["flags"] & F.GAP, "the first frame after the restart must be flagged GAP"
+    _wait(lambda: _modes(live["events"])[-1] == "active", 20, "controller back to active")
+    assert _modes(live["events"])[:3] == ["active", "safe", "active"]
+    # kill the forecaster mid-run (its pid comes from the loop's status)
+    _wait(lambda: any(s["forecaster"]["state"] == "running" and s["forecaster"]["pid"] for s in col.status[-1:]),
+          60, "a running forecaster")
+    victim = col.status[-1]["forecaster"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    n_kill = len(col.preds)
+    _wait(lambda: any(s["forecaster"]["restarts"] >= 1 and s["forecaster"]["pid"] not in (None, victim)
+                      for s in col.status[-2:]), 30, "the forecaster restarted")
+    _wait(lambda: len(col.preds) > n_kill + 40, 30, "preds after the kill")
+    seqs = [m["seq"] for m in col.preds]
+    assert seqs == list(range(len(seqs))), "pred seq must stay contiguous through both events"
+
+
+def test_3_nan_burst_is_flagged_never_published_and_controller_goes_safe(setup, live):
+    col = live["col"]
+    p2 = live["players"].pop()
+    p2.kill()
+    p2.wait()
+    time.sleep(0.5)
+    n0, ev0 = len(col.preds), len(live["events"])
+    p3 = _player(setup["burst"], live["name"], wait_consumer=False, loop=True)
+    live["players"].append(p3)
+    def first_bad() -> int | None:
+        return next((i for i, m in enumerate(col.preds[n0:]) if m["flags"] & F.NONFINITE), None)
+
+    _wait(lambda: first_bad() is not None, 60, "NONFINITE-flagged preds")
+    _wait(lambda: len(col.preds) > n0 + first_bad() + 8, 30, "preds past the burst")
+    new = col.preds[n0:]
+    assert all(np.all(np.isfinite(m["values"])) for m in new)
+    bad = [m for m in new if m["flags"] & F.NONFINITE]
+    assert len(bad) >= 2  # the 60-sample burst spans at least two 100-sample windows
+    safe = [e for e in live["events"][ev0:] if e.get("new") == "safe"]
+    assert any("nonfinite" in e["reason"] for e in safe), live["events"][ev0:]
+
+
+def _outlet(name: str, n_channels: int, fs: float, labels: list[str]):
+    from rt.lsl_streams import stream_info
+    from rt.recordings.native import StreamSpec
+
+    import pylsl
+
+    return pylsl.StreamOutlet(stream_info(StreamSpec(name, "EMG", "emg", fs, labels, ["mV"] * n_channels)))
+
+
+def test_wrong_channel_count_is_a_clear_error_before_any_pred(setup):
+    cfg = setup["cfg"]
+    name = f"wrong-{uuid.uuid4().hex[:8]}"
+    outlet = _outlet(name, 3, cfg.stream.fs, ["RF", "BF", "VM"])
+    ep = _port()
+    col = Collector(ep)
+    p = subprocess.run(PY + ["run", "--name", name, "--model", str(setup["bundle"]), "--publish", ep,
+                             "--no-forecaster"], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    col.close()
+    del outlet
+    assert p.returncode == 2
+    assert "StreamMismatch" in p.stderr and "3 channels" in p.stderr and "expects 4" in p.stderr, p.stderr[-2000:]
+    assert col.preds == []
+
+
+def test_wrong_rate_is_a_clear_error_before_any_pred(setup, tmp_path):
+    from rt.runner import run_live
+    from rt.sources import StreamMismatch
+
+    cfg = setup["cfg"]
+    name = f"rate-{uuid.uuid4().hex[:8]}"
+    outlet = _outlet(name, cfg.stream.n_channels, 2 * cfg.stream.fs, list(cfg.stream.channels))
+    ep = f"ipc://{tmp_path}/pred"
+    col = Collector(ep)
+    with pytest.raises(StreamMismatch, match="rate 2000 Hz.*expects 1000 Hz"):
+        run_live(name, setup["bundle"], publish=ep, forecaster=False)
+    col.close()
+    del outlet
+    assert col.preds == []
