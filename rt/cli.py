@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
+
+# Keep LSL discovery on this host unless the user points LSLAPICFG elsewhere. liblsl reads it
+# once, when pylsl is first imported, so it is set before any command module is imported.
+os.environ.setdefault("LSLAPICFG", str(Path(__file__).resolve().parent.parent / "configs" / "lsl_api.cfg"))
 
 #: sub-command -> (module under rt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -132,7 +132,7 @@ def _stop(procs: dict[str, subprocess.Popen], grace_s: float = 5.0) -> dict[str,
 
 
 def run_demo(duration: float = 30.0, *, recording: str | Path | None = None, model: str | Path | None = None,
-             checkpoint: str | Path | None = None, png: str | Path | None = "demo.png", live: bool = True,
+             checkpoint: str | Path | None = None, png: str | Path | None = "out/demo.png", live: bool = True,
              out: TextIO = sys.stdout, stop: threading.Event | None = None, startup_timeout: float = 60.0) -> DemoSummary:
     """Run the demo for ``duration`` s of predictions; returns what it saw (also printed)."""
     from rt.runner import load_model, write_config_toml

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--recording", metavar="REC", help="recording to play (default: data/recordings/uci-lower-limb/1Nmar.txt)")
     p.add_argument("--model", metavar="B", help="model bundle (default: the *.exo in data/models/)")
     p.add_argument("--checkpoint", metavar="P", help="Lag-Llama checkpoint (default: data/models/lagllama-exoloop.ckpt)")
-    p.add_argument("--png", default="demo.png", metavar="PATH", help="where to save the plot (default demo.png)")
+    p.add_argument("--png", default="out/demo.png", metavar="PATH", help="where to save the plot (default out/demo.png)")
     p.set_defaults(func=run)
 
 
