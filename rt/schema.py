@@ -5,6 +5,8 @@
   ``quantiles[target][step][level]`` and ``mean[target][step]``
 - ``status`` (1 Hz): ``{v, t_pub, targets, channels, fs_nominal, fs_measured, hops,
   samples_dropped, gaps, latency_ms: {p50, p99, max}, forecaster}``
+- ``forecaster`` (the worker's own state, each report): ``{v, pid, preds, bad_preds, missing,
+  refreshes, skipped, last_refresh_ms, last_seq, model}``
 
 Times are seconds on the LSL clock (``pylsl.local_clock()``). Decoding validates the version and
 the keys, so a receiver never acts on a message it does not understand.
@@ -22,6 +24,7 @@ VERSION = 1
 PRED = b"pred"
 HORIZON = b"horizon"
 STATUS = b"status"
+FORECASTER = b"forecaster"
 
 _KEYS: dict[bytes, frozenset[str]] = {
     PRED: frozenset({"v", "seq", "t_src", "t_pub", "values", "flags"}),
@@ -29,6 +32,9 @@ _KEYS: dict[bytes, frozenset[str]] = {
     STATUS: frozenset({
         "v", "t_pub", "targets", "channels", "fs_nominal", "fs_measured", "hops",
         "samples_dropped", "gaps", "latency_ms", "forecaster",
+    }),
+    FORECASTER: frozenset({
+        "v", "pid", "preds", "bad_preds", "missing", "refreshes", "skipped", "last_refresh_ms", "last_seq", "model",
     }),
 }
 
@@ -82,8 +88,17 @@ def encode_horizon(
 
 def encode_status(**fields: Any) -> bytes:
     """Payload of one ``status`` message; every v1 key except ``v`` must be given."""
+    return _encode_map(STATUS, fields)
+
+
+def encode_forecaster(**fields: Any) -> bytes:
+    """Payload of one ``forecaster`` state report; every v1 key except ``v`` must be given."""
+    return _encode_map(FORECASTER, fields)
+
+
+def _encode_map(topic: bytes, fields: dict[str, Any]) -> bytes:
     body = {"v": VERSION, **fields}
-    _check_keys(STATUS, body)
+    _check_keys(topic, body)
     return _packer.pack(body)
 
 

@@ -1,0 +1,208 @@
+"""The forecaster worker: its own OS process turning the loop's ``pred`` stream into horizons.
+
+It subscribes (ZeroMQ SUB) to ``pred`` at ``connect``, keeps a ring of the recent values of
+every target (one value per hop, dt = hop / fs; a ``seq`` gap leaves missing values), and every
+``forecast.interval_s`` publishes one ``horizon`` (schema v1, ``rt.schema``) on its own PUB
+``publish`` endpoint: ``forecast.n_samples`` Lag-Llama paths of ``forecast.prediction_length``
+steps from the last ``forecast.context_length`` values (+ the model's lags), mean and
+quantiles at ``forecast.quantile_levels``.
+
+Latest-wins: a refresh always uses the newest values; refresh slots missed while computing are
+skipped (counted in ``skipped``), never queued. The publisher of ``pred`` is never blocked (a
+PUB socket drops rather than waits). The worker prints one state line per ``status_s`` and
+publishes the same state on topic ``forecaster`` (msgpack map with ``v`` = 1).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zmq
+
+from kernels.config import Config, load_config
+from models.lagllama.checkpoint import load_checkpoint
+from models.lagllama.sampler import forecast
+from rt import schema
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "models" / "lagllama-exoloop.ckpt"
+RCVHWM = 100_000  # pred messages buffered while a refresh runs (~45 min at 26 ms per hop)
+
+
+class HistoryRing:
+    """The last ``length`` hops of ``n_targets`` values, placed by ``seq`` (gaps -> NaN)."""
+
+    def __init__(self, n_targets: int, length: int) -> None:
+        self.buf = np.full((n_targets, length), np.nan, dtype=np.float32)
+        self.length = length
+        self.count = 0          # hops held (<= length)
+        self.last_seq: int | None = None
+        self.missing = 0        # hops lost to seq gaps
+        self.restarts = 0       # seq went backwards (publisher restarted): history cleared
+
+    def push(self, seq: int, values: np.ndarray) -> None:
+        if self.last_seq is not None and seq <= self.last_seq:
+            self.buf[:] = np.nan
+            self.count, self.last_seq = 0, None
+            self.restarts += 1
+        gap = 0 if self.last_seq is None else seq - self.last_seq - 1
+        self.missing += gap
+        shift = min(gap + 1, self.length)
+        self.buf = np.roll(self.buf, -shift, axis=1)
+        self.buf[:, -shift:] = np.nan
+        self.buf[:, -1] = values
+        self.count = min(self.count + gap + 1, self.length)
+        self.last_seq = seq
+
+    def history(self) -> np.ndarray:
+        """float32[n_targets, count], oldest first, NaN where missing."""
+        return self.buf[:, self.length - self.count:].copy()
+
+
+def next_slot(due: float, now: float, interval: float) -> tuple[float, int]:
+    """Latest-wins schedule: the next due time after ``now`` and how many slots were missed."""
+    if now < due:
+        return due, 0
+    missed = int(math.floor((now - due) / interval))
+    return due + (missed + 1) * interval, missed
+
+
+@dataclass
+class WorkerState:
+    """What the worker reports (printed and published on topic ``forecaster``)."""
+
+    pid: int = 0
+    preds: int = 0
+    bad_preds: int = 0
+    missing: int = 0
+    refreshes: int = 0
+    skipped: int = 0
+    last_refresh_ms: float = 0.0
+    last_seq: int = -1
+    model: str = ""
+
+
+def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: str | Path | None = None, *,
+          stop: threading.Event | None = None, max_refreshes: int | None = None, status_s: float = 1.0,
+          threads: int | None = None, log: Callable[[str], None] | None = None) -> WorkerState:
+    """Run the worker until ``stop`` is set, SIGTERM/SIGINT (main thread) or ``max_refreshes``."""
+    import torch
+
+    log = log or _print
+    cfg = config if isinstance(config, Config) else load_config(config)
+    fc, names = cfg.forecast, list(cfg.targets.names)
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
+    model = ckpt.model
+    dt = cfg.frontend.window.hop / cfg.stream.fs
+    ring = HistoryRing(len(names), fc.context_length + model.cfg.max_lag)
+    state = WorkerState(pid=os.getpid(), model=str(ckpt.path))
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, RCVHWM)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, schema.PRED)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    try:
+        sub.connect(connect)
+        pub.bind(publish)
+    except zmq.ZMQError as exc:
+        ctx.destroy(0)
+        raise OSError(f"forecaster: cannot connect {connect!r} / bind {publish!r}: {exc}") from exc
+    log(f"forecaster: pid {state.pid}, model {ckpt.path}, {len(names)} targets, context "
+        f"{fc.context_length}, {fc.n_samples} samples x {fc.prediction_length} steps every "
+        f"{fc.interval_s} s, pred from {connect}, horizon on {publish}")
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    due = time.monotonic() + fc.interval_s
+    next_status = time.monotonic() + status_s
+    last_t_src, used_seq, horizon_seq = 0.0, -1, 0
+    try:
+        while not stop.is_set():
+            wait = max(0.0, min(due, next_status) - time.monotonic())
+            if poller.poll(timeout=min(wait, 0.1) * 1000):
+                last_t_src = _drain(sub, ring, state, len(names), last_t_src, log)
+            now = time.monotonic()
+            if now >= due:
+                if ring.last_seq is not None and ring.last_seq != used_seq:
+                    t0 = time.perf_counter()
+                    h = forecast(model, ring.history(), horizon=fc.prediction_length,
+                                 n_samples=fc.n_samples, context_length=fc.context_length,
+                                 quantile_levels=fc.quantile_levels, seed=horizon_seq,
+                                 t_last=time.time(), dt=dt)
+                    pub.send_multipart((schema.HORIZON, schema.encode_horizon(
+                        horizon_seq, last_t_src, dt, names, fc.quantile_levels, h.quantiles, h.mean)),
+                        flags=zmq.NOBLOCK)
+                    state.last_refresh_ms = (time.perf_counter() - t0) * 1e3
+                    used_seq, horizon_seq = ring.last_seq, horizon_seq + 1
+                    state.refreshes += 1
+                due, missed = next_slot(due, time.monotonic(), fc.interval_s)
+                state.skipped += missed
+                if max_refreshes is not None and state.refreshes >= max_refreshes:
+                    break
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + status_s
+                _report(pub, state, ring, log)
+    finally:
+        _report(pub, state, ring, log)
+        ctx.destroy(0)
+    return state
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _drain(sub: zmq.Socket, ring: HistoryRing, state: WorkerState, n_targets: int, last_t_src: float,
+           log: Callable[[str], None]) -> float:
+    """Read every queued ``pred`` into the ring; returns the newest t_src."""
+    while True:
+        try:
+            topic, payload = sub.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return last_t_src
+        try:
+            msg = schema.decode(topic, payload)
+            values = np.asarray(msg["values"], dtype=np.float32)
+            if values.shape != (n_targets,):
+                raise schema.SchemaError(f"pred has {values.size} values, config has {n_targets} targets")
+        except schema.SchemaError as exc:
+            if state.bad_preds == 0:
+                log(f"forecaster: ignoring bad pred message: {exc}")
+            state.bad_preds += 1
+            continue
+        ring.push(int(msg["seq"]), values)
+        state.preds += 1
+        last_t_src = float(msg["t_src"])
+
+
+def _report(pub: zmq.Socket, state: WorkerState, ring: HistoryRing, log: Callable[[str], None]) -> None:
+    state.missing = ring.missing
+    state.last_seq = -1 if ring.last_seq is None else ring.last_seq
+    pub.send_multipart((schema.FORECASTER, schema.encode_forecaster(**asdict(state))), flags=zmq.NOBLOCK)
+    log("forecaster: " + " ".join(f"{k}={v}" for k, v in asdict(state).items() if k != "model"))
+
+
+def spawn(connect: str, publish: str, config_path: str | Path, checkpoint: str | Path | None = None):
+    """Start :func:`serve` in a new OS process (multiprocessing, spawn); returns the Process."""
+    import multiprocessing as mp
+
+    proc = mp.get_context("spawn").Process(
+        target=serve, args=(connect, publish, str(config_path), None if checkpoint is None else str(checkpoint)),
+        name="exoloop-forecaster", daemon=True)
+    proc.start()
+    return proc

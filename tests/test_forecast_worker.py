@@ -1,0 +1,139 @@
+"""The forecaster worker as a real OS process on real ZeroMQ sockets (ipc endpoints).
+
+The test publishes ``pred`` messages, receives ``horizon`` messages and checks their schema,
+shapes and ``seq``; then kills the worker with SIGKILL mid-run and checks that the test's own
+publisher never blocked (every NOBLOCK send is accepted). The latest-wins schedule and the
+history ring are checked as plain functions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from kernels.config import load_config
+from models.lagllama.checkpoint import save_checkpoint
+from models.lagllama.finetune import new_model
+from rt import schema
+from rt.forecast_worker import HistoryRing, next_slot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_next_slot_skips_missed_refreshes() -> None:
+    assert next_slot(10.0, 9.5, 1.0) == (10.0, 0)
+    assert next_slot(10.0, 10.2, 1.0) == (11.0, 0)
+    assert next_slot(10.0, 13.5, 1.0) == (14.0, 3)
+
+
+def test_history_ring_places_values_by_seq() -> None:
+    ring = HistoryRing(2, 5)
+    ring.push(0, np.array([1, 10], np.float32))
+    ring.push(1, np.array([2, 20], np.float32))
+    ring.push(4, np.array([5, 50], np.float32))  # seq 2, 3 lost
+    h = ring.history()
+    assert ring.missing == 2 and h.shape == (2, 5)
+    np.testing.assert_array_equal(h[0], [1, 2, np.nan, np.nan, 5])
+    for seq in range(5, 12):
+        ring.push(seq, np.array([seq + 1, 0], np.float32))
+    assert ring.history()[0].tolist() == [8, 9, 10, 11, 12]
+    ring.push(0, np.array([7, 7], np.float32))  # publisher restarted
+    assert ring.restarts == 1 and ring.history().shape == (2, 1)
+
+
+def _config(tmp_path: Path, interval_s: float) -> Path:
+    text = (ROOT / "configs" / "uci_lower_limb.toml").read_text()
+    for old, new in (("interval_s = 1.0", f"interval_s = {interval_s}"),
+                     ("context_length = 256", "context_length = 64"), ("n_samples = 20", "n_samples = 8")):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "cfg.toml"
+    path.write_text(text)
+    return path
+
+
+def test_worker_process_publishes_horizons_and_dies_without_blocking_us(tmp_path: Path) -> None:
+    cfg_path = _config(tmp_path, interval_s=0.02)
+    cfg = load_config(cfg_path)
+    ckpt = save_checkpoint(tmp_path / "tiny.ckpt", new_model("tiny", seed=1))
+    pred_ep, horizon_ep = f"ipc://{tmp_path}/pred", f"ipc://{tmp_path}/horizon"
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 100)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(pred_ep)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (schema.HORIZON, schema.FORECASTER):
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect(horizon_ep)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "rt.cli", "forecast", "serve", "--connect", pred_ep,
+                             "--publish", horizon_ep, "--config", str(cfg_path), "--checkpoint", str(ckpt),
+                             "--threads", "1", "--status-s", "0.2"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sent_t_src: dict[int, float] = {}
+    horizons: list[dict] = []
+    states: list[dict] = []
+    seq, dropped = 0, 0
+    try:
+        deadline = time.monotonic() + 60
+        while (len(horizons) < 4 or not any(s["skipped"] > 0 for s in states)) and time.monotonic() < deadline:
+            t_src = 1000.0 + seq * 0.05
+            try:
+                pub.send_multipart((schema.PRED, schema.encode_pred(seq, t_src, t_src, [40 + 20 * np.sin(seq / 4)], 0)),
+                                   flags=zmq.NOBLOCK)
+            except zmq.Again:
+                dropped += 1
+            sent_t_src[seq] = t_src
+            seq += 1
+            while sub.poll(5):
+                topic, payload = sub.recv_multipart()
+                if topic == schema.HORIZON:
+                    horizons.append(schema.decode(topic, payload))
+                else:
+                    states.append(schema.decode(topic, payload))
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert len(horizons) >= 4, "no horizons within 60 s"
+        h = horizons[-1]
+        assert h["targets"] == list(cfg.targets.names)
+        assert h["quantile_levels"] == list(cfg.forecast.quantile_levels)
+        q = np.array(h["quantiles"])
+        assert q.shape == (1, cfg.forecast.prediction_length, 3) and np.isfinite(q).all()
+        assert (np.diff(q, axis=-1) >= 0).all()
+        assert np.array(h["mean"]).shape == (1, cfg.forecast.prediction_length)
+        assert h["dt"] == pytest.approx(cfg.frontend.window.hop / cfg.stream.fs)
+        seqs = [m["seq"] for m in horizons]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert all(m["t_src"] in sent_t_src.values() for m in horizons)
+        assert [m["t_src"] for m in horizons] == sorted(m["t_src"] for m in horizons)
+        assert any(s["skipped"] > 0 for s in states), "a 20 ms interval must skip refresh slots"
+        assert states[-1]["preds"] > 0 and states[-1]["refreshes"] >= 1
+
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        for i in range(5000):  # the dead subscriber must never make our publisher wait
+            pub.send_multipart((schema.PRED, schema.encode_pred(seq + i, 0.0, 0.0, [0.0], 0)), flags=zmq.NOBLOCK)
+        assert dropped == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        ctx.destroy(0)
+
+
+def test_worker_refuses_bad_checkpoint(tmp_path: Path) -> None:
+    from models.lagllama.checkpoint import CheckpointError
+    from rt.forecast_worker import serve
+
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        serve("ipc://x", "ipc://y", _config(tmp_path, 1.0), tmp_path / "nope.ckpt")
