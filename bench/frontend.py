@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from bench.report import result, timings, write_report
 from kernels.config import Config, load_config
+from kernels.features import channel_thresholds
 from kernels.frontend import FrontEnd
 from kernels.normalize import NormStats
 
@@ -80,7 +81,7 @@ class ScipyPerHop:
         step = 1 << w.level
         self.block = np.zeros((step * max(2, -(-(w.lookahead + fe.window.hop) // step)), c))
         self.window = np.zeros((fe.window.length, c))
-        self.thr = (fe.features.zc_threshold, fe.features.ssc_threshold, fe.features.wamp_threshold)
+        self.thr = channel_thresholds(fe.features, stats.signal_step)
         self.span = stats.feature_hi - stats.feature_lo
 
     def push(self, x: np.ndarray) -> np.ndarray:

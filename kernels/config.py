@@ -94,9 +94,13 @@ class Window:
 
 @dataclass(frozen=True)
 class Features:
-    zc_threshold: float = 0.01
-    ssc_threshold: float = 0.01
-    wamp_threshold: float = 0.05
+    """Count-feature thresholds, dimensionless: multiples of the channel's typical training step
+    |x[i] - x[i-1]| of the signal the features see (``NormStats.signal_step``; ``ssc_threshold``
+    multiplies its square: SSC compares a product of two steps). Defaults: docs/frontend.md."""
+
+    zc_threshold: float = 1.4
+    ssc_threshold: float = 0.25
+    wamp_threshold: float = 0.85
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Ring buffer, window scheduling and the six time-domain sEMG features (Numba).
 
-Over one window ``x[0..N-1]`` of one channel (thresholds in the units of ``x``):
+Over one window ``x[0..N-1]`` of one channel (thresholds in the units of ``x``, per channel):
 
 ==========  ===============================================================
 ``iemg``    sum |x[i]|
@@ -14,12 +14,18 @@ Over one window ``x[0..N-1]`` of one channel (thresholds in the units of ``x``):
 A frame is produced after the ``m``-th sample (1-based, since reset) when ``m >= N`` and
 ``(m - N) % hop == 0``; its layout is channel-major: ``[ch0: iemg, var, wl, zc, ssc, wamp,
 ch1: ...]``.
+
+The front end sets the thresholds per channel as dimensionless multiples of the channel's typical
+training step |x[i] - x[i-1]| (:func:`channel_thresholds`), so the counts mean the same on any
+recording, rate and spectrum.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from kernels.config import Features
 
 FEATURES: tuple[str, ...] = ("iemg", "var", "wl", "zc", "ssc", "wamp")
 N_PER_CHANNEL = len(FEATURES)
@@ -28,6 +34,15 @@ N_PER_CHANNEL = len(FEATURES)
 def feature_names(channels: tuple[str, ...] | list[str]) -> list[str]:
     """``["<channel>.<feature>", ...]`` in frame order."""
     return [f"{ch}.{f}" for ch in channels for f in FEATURES]
+
+
+def channel_thresholds(features: Features, signal_step: np.ndarray) -> np.ndarray:
+    """Per-channel count thresholds float64[3, C] (rows: zc, ssc, wamp) in the units of the signal
+    the features see: ``zc_threshold * step``, ``ssc_threshold * step**2`` (SSC compares a product
+    of two steps), ``wamp_threshold * step``; ``signal_step`` float64[C], same units."""
+    step = np.asarray(signal_step, dtype=np.float64)
+    f = features
+    return np.stack([f.zc_threshold * step, f.ssc_threshold * step * step, f.wamp_threshold * step])
 
 
 def frames_for(n: int, hop: int) -> int:
@@ -79,16 +94,15 @@ def push_windows(
     ring: np.ndarray,
     count: np.ndarray,
     hop: int,
-    zc_thr: float,
-    ssc_thr: float,
-    wamp_thr: float,
+    thr: np.ndarray,
     feats: np.ndarray,
     rows: np.ndarray,
 ) -> int:
     """Push ``x`` (float64[n, C]) through the ring; compute the frames that fall due.
 
     ``ring`` float64[C, 2N] holds each sample twice (at ``j`` and ``j + N``) so the last ``N``
-    samples are always contiguous; ``count`` int64[1] counts samples since reset. Writes frame
+    samples are always contiguous; ``count`` int64[1] counts samples since reset; ``thr``
+    float64[3, C] the zc/ssc/wamp thresholds of each channel. Writes frame
     ``k`` to ``feats[k]`` (float64[6C]) and the chunk row of its newest sample to ``rows[k]``;
     returns the number of frames.
     """
@@ -104,7 +118,7 @@ def push_windows(
         m += 1
         if m >= win and (m - win) % hop == 0:
             for c in range(n_ch):
-                window_features(ring[c, j + 1 : j + 1 + win], zc_thr, ssc_thr, wamp_thr, feats[k], 6 * c)
+                window_features(ring[c, j + 1 : j + 1 + win], thr[0, c], thr[1, c], thr[2, c], feats[k], 6 * c)
             rows[k] = i
             k += 1
     count[0] = m
@@ -112,13 +126,18 @@ def push_windows(
 
 
 class FeatureWindows:
-    """Ring buffer + scheduler state around :func:`push_windows`, preallocated for ``max_chunk``."""
+    """Ring buffer + scheduler state around :func:`push_windows`, preallocated for ``max_chunk``.
 
-    def __init__(
-        self, n_channels: int, length: int, hop: int, thresholds: tuple[float, float, float], max_chunk: int = 4096
-    ) -> None:
+    ``thresholds``: zc, ssc, wamp, either float[3] (every channel) or float[3, C] (per channel).
+    """
+
+    def __init__(self, n_channels: int, length: int, hop: int, thresholds: np.ndarray | tuple[float, float, float],
+                 max_chunk: int = 4096) -> None:  # fmt: skip
         self.n_channels, self.length, self.hop = n_channels, length, hop
-        self.zc, self.ssc, self.wamp = (float(v) for v in thresholds)
+        thr = np.asarray(thresholds, dtype=np.float64)
+        if thr.shape not in ((3,), (3, n_channels)):
+            raise ValueError(f"thresholds: expected shape (3,) or (3, {n_channels}), got {thr.shape}")
+        self.thresholds = np.ascontiguousarray(np.broadcast_to(thr.reshape(3, -1), (3, n_channels)))
         self.ring = np.zeros((n_channels, 2 * length))
         self.count = np.zeros(1, dtype=np.int64)
         self._grow(max_chunk)
@@ -132,7 +151,7 @@ class FeatureWindows:
         """Push ``x`` float64[n, C]; return views ``(features float64[k, 6C], rows int64[k])``."""
         if frames_for(x.shape[0], self.hop) > self.rows.shape[0]:
             self._grow(x.shape[0])
-        k = push_windows(x, self.ring, self.count, self.hop, self.zc, self.ssc, self.wamp, self.feats, self.rows)
+        k = push_windows(x, self.ring, self.count, self.hop, self.thresholds, self.feats, self.rows)
         return self.feats[:k], self.rows[:k]
 
     def reset(self) -> None:

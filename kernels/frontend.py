@@ -8,7 +8,7 @@ Per channel, in order (see docs/frontend.md):
 4. streaming wavelet-packet denoiser (:mod:`kernels.wavelet`, if enabled; adds ``delay_samples``);
 5. Butterworth band-pass (+ notch) as SOS (:mod:`kernels.iir`);
 6. ring buffer → every ``hop`` samples once ``length`` are in: six features per channel
-   (:mod:`kernels.features`);
+   (:mod:`kernels.features`; count thresholds are multiples of ``NormStats.signal_step``);
 7. feature scaling to [-1, 1] with the frozen ``NormStats.feature_lo/hi``.
 
 The same object makes training features (:func:`run_offline`) and live frames (:meth:`FrontEnd.push`).
@@ -26,7 +26,7 @@ from kernels import flags as fl
 from kernels.baseline import remove_running_mean, running_mean_alpha
 from kernels.config import Config
 from kernels.features import feature_names as _feature_names
-from kernels.features import frames_for, push_windows
+from kernels.features import FEATURES, N_PER_CHANNEL, channel_thresholds, frames_for, push_windows
 from kernels.iir import design_sos, settling_samples, sos_filter
 from kernels.normalize import NormStats, feature_range, scale_features
 from kernels.sanitize import inspect_chunk
@@ -62,13 +62,13 @@ def _stage_in(
 
 @njit(cache=True)
 def _stage_out(
-    x, sos, sos_state, ring, count, hop, zc_thr, ssc_thr, wamp_thr, feats, rows,
+    x, sos, sos_state, ring, count, hop, thr, feats, rows,
     row_flags, t_in, base_row, last_row, span, warmup_rows, lo, hi,
     out_t, out_features, out_flags,
 ):  # fmt: skip
     """Band-pass → windows → features → scaling → frame flags; returns the number of frames."""
     sos_filter(x, sos, sos_state, x)
-    k = push_windows(x, ring, count, hop, zc_thr, ssc_thr, wamp_thr, feats, rows)
+    k = push_windows(x, ring, count, hop, thr, feats, rows)
     scale_features(feats[:k], lo, hi, out_features[:k])
     n = x.shape[0]
     n_bits = _WINDOW_BITS.shape[0]
@@ -127,8 +127,8 @@ class FrontEnd:
         self.wavelet = _make_denoiser(config)
         self.hop = int(fe.window.hop)
         self.length = int(fe.window.length)
-        self._thr = (float(fe.features.zc_threshold), float(fe.features.ssc_threshold),
-                     float(fe.features.wamp_threshold))  # fmt: skip
+        #: per-channel count thresholds float64[3, C] (zc, ssc, wamp) on the scaled, band-passed signal
+        self.thresholds = channel_thresholds(fe.features, self.stats.signal_step)
 
         #: algorithmic delay of the chain (samples): the denoiser's lookahead. Frame ``t`` is the
         #: newest input sample's time; the signal in its window is this many samples older.
@@ -186,7 +186,7 @@ class FrontEnd:
         if self.wavelet is not None:
             self.wavelet.process(a, self._b[:n])
             a = self._b[:n]
-        k = _stage_out(a, self.sos, self._sos_state, self._ring, self._count, self.hop, *self._thr,
+        k = _stage_out(a, self.sos, self._sos_state, self._ring, self._count, self.hop, self.thresholds,
                        self._feats, self._rows, self._row_flags[:n], self._t_out[:n], self._rows_seen,
                        self._last_row, self._span, self.warmup_samples, self._lo, self._hi,
                        self._out_t, self._out_features, self._out_flags)  # fmt: skip
@@ -300,19 +300,41 @@ def fit_signal_maxabs(config: Config, recordings: Iterable[tuple[np.ndarray, np.
     return peak
 
 
+def _clean(flags: np.ndarray) -> np.ndarray:
+    """Frames flagged neither WARMUP nor ``flags.INVALID`` (every frame if none is)."""
+    ok = (flags & (fl.INVALID | fl.WARMUP)) == 0
+    return ok if ok.any() else np.ones_like(ok)
+
+
+def _raw_frames(config: Config, stats: NormStats, recs: list[tuple[np.ndarray, np.ndarray]], chunk: int) -> Frames:
+    """Unscaled feature frames of every recording (each from a fresh state), concatenated."""
+    fe = FrontEnd(config, stats, max_chunk=chunk)
+    frames = [run_offline(fe, np.asarray(t), np.asarray(x), chunk=chunk) for t, x in recs]
+    if not frames:
+        raise ValueError("norm stats: no training recordings")
+    return Frames(*(np.concatenate(a) for a in zip(*frames)))
+
+
 def fit_norm_stats(config: Config, recordings: Iterable[tuple[np.ndarray, np.ndarray]], chunk: int = 256) -> NormStats:
     """Fit :class:`NormStats` on training recordings ``(timestamps float64[n], samples float32[n, C])``.
 
     Pass 1: per-channel max |x| after baseline removal. Pass 2: a :class:`FrontEnd` with that
-    scaling and identity feature scaling; per-feature min/max over the frames not flagged
-    WARMUP or ``flags.INVALID`` (over all frames if every frame is flagged).
+    scaling and identity feature scaling; ``signal_step[c] = median(WL) / (length - 1)`` over the
+    clean frames (not WARMUP nor ``flags.INVALID``; all frames if none is clean): the typical
+    window's mean |x[i] - x[i-1]| of the band-passed signal. A step, because every count feature
+    thresholds steps (the ratio of step to signal RMS depends on the rate and the spectrum); the
+    median, because sEMG energy is heavy-tailed (bursts, artefacts) and a mean would be set by
+    the loudest few windows, as max |x| is by spikes. Pass 3: the same with the count thresholds
+    relative to that step; per-feature min/max over the clean frames.
     """
     recs = list(recordings)
     maxabs = fit_signal_maxabs(config, recs)
     ident = NormStats.identity(config)
-    fe = FrontEnd(config, NormStats(maxabs, ident.feature_lo, ident.feature_hi), max_chunk=chunk)
-    frames = [run_offline(fe, np.asarray(t), np.asarray(x), chunk=chunk) for t, x in recs]
-    feats = np.concatenate([f.features for f in frames]) if frames else np.zeros((0, config.n_features))
-    flg = np.concatenate([f.flags for f in frames]) if frames else np.zeros(0, dtype=np.uint32)
-    lo, hi = feature_range(feats.astype(np.float64), (flg & (fl.INVALID | fl.WARMUP)) == 0)
-    return NormStats(maxabs, lo, hi)
+    first = _raw_frames(config, NormStats(maxabs, ident.feature_lo, ident.feature_hi), recs, chunk)
+    wl = first.features[_clean(first.flags)].astype(np.float64)[:, FEATURES.index("wl") :: N_PER_CHANNEL]
+    if wl.shape[0] == 0:
+        raise ValueError("norm stats: no feature frames to fit (recordings shorter than one window?)")
+    step = np.median(wl, axis=0) / (config.frontend.window.length - 1)
+    second = _raw_frames(config, NormStats(maxabs, ident.feature_lo, ident.feature_hi, step), recs, chunk)
+    lo, hi = feature_range(second.features.astype(np.float64), _clean(second.flags))
+    return NormStats(maxabs, lo, hi, step)

@@ -2,8 +2,10 @@
 
 Two scalings, as the dataset does:
 
-- signal: ``x / signal_maxabs[c]`` after baseline removal (so feature and wavelet thresholds
-  are dimensionless; training data then lies in [-1, 1]);
+- signal: ``x / signal_maxabs[c]`` after baseline removal (so the wavelet threshold is
+  dimensionless; training data then lies in [-1, 1]); the count-feature thresholds are further
+  multiples of ``signal_step[c]``, the typical training step |x[i] - x[i-1]| of the signal the
+  features see;
 - features: ``2 * (f - lo) / (hi - lo) - 1`` per feature (``hi == lo`` gives 0), so training
   frames lie in [-1, 1]; live frames may fall outside.
 """
@@ -21,21 +23,32 @@ from kernels.config import Config
 
 @dataclass(frozen=True, eq=False)
 class NormStats:
-    """``signal_maxabs`` float64[C] (signal units), ``feature_lo``/``feature_hi`` float64[6C]."""
+    """``signal_maxabs`` float64[C] (signal units), ``feature_lo``/``feature_hi`` float64[6C],
+    ``signal_step`` float64[C]: the typical (median over clean training frames) window mean of
+    |x[i] - x[i-1]| of the band-passed, max-abs-scaled signal (dimensionless), the unit of the
+    count-feature thresholds. ``signal_step=None`` means ones (thresholds then in max-abs units,
+    as for :meth:`identity`)."""
 
     signal_maxabs: np.ndarray
     feature_lo: np.ndarray
     feature_hi: np.ndarray
+    signal_step: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.signal_step is None:
+            object.__setattr__(self, "signal_step", np.ones(np.shape(self.signal_maxabs)))
 
     @classmethod
     def identity(cls, config: Config) -> NormStats:
-        """No scaling at all: maxabs 1, features mapped [-1, 1] → [-1, 1]."""
-        return cls(np.ones(config.stream.n_channels), -np.ones(config.n_features), np.ones(config.n_features))
+        """No scaling at all: maxabs 1, rms 1, features mapped [-1, 1] → [-1, 1]."""
+        c = config.stream.n_channels
+        return cls(np.ones(c), -np.ones(config.n_features), np.ones(config.n_features), np.ones(c))
 
     def to_dict(self) -> dict[str, list[float]]:
         """Plain lists, for model bundles and JSON."""
         return {
             "signal_maxabs": [float(v) for v in self.signal_maxabs],
+            "signal_step": [float(v) for v in self.signal_step],
             "feature_lo": [float(v) for v in self.feature_lo],
             "feature_hi": [float(v) for v in self.feature_hi],
         }
@@ -45,6 +58,7 @@ class NormStats:
         """Inverse of :meth:`to_dict`; checks keys, sizes and values against ``config``."""
         sizes = {
             "signal_maxabs": config.stream.n_channels,
+            "signal_step": config.stream.n_channels,
             "feature_lo": config.n_features,
             "feature_hi": config.n_features,
         }
@@ -56,7 +70,10 @@ class NormStats:
         arrays = {}
         for key, size in sizes.items():
             if key not in data:
-                raise ValueError(f"norm stats: missing key {key!r}")
+                old = key == "signal_step"  # statistics from before the relative count thresholds
+                hint = (" (statistics fitted before the count-feature thresholds became multiples of the "
+                        "typical training step: refit them, or retrain the model bundle)") if old else ""
+                raise ValueError(f"norm stats: missing key {key!r}{hint}")
             try:
                 a = np.asarray(data[key], dtype=np.float64)
             except (TypeError, ValueError) as exc:
@@ -69,8 +86,9 @@ class NormStats:
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"norm stats.{key}: values must be finite")
             arrays[key] = a
-        if np.any(arrays["signal_maxabs"] <= 0):
-            raise ValueError("norm stats.signal_maxabs: values must be > 0")
+        for key in ("signal_maxabs", "signal_step"):
+            if np.any(arrays[key] <= 0):
+                raise ValueError(f"norm stats.{key}: values must be > 0")
         if np.any(arrays["feature_hi"] < arrays["feature_lo"]):
             i = int(np.argmax(arrays["feature_hi"] < arrays["feature_lo"]))
             raise ValueError(f"norm stats.feature_hi[{i}] is below feature_lo[{i}]")

@@ -34,8 +34,9 @@ from rt import schema
 ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "data" / "recordings" / "uci-lower-limb"
 MODELS = ROOT / "data" / "models"
-#: Subject 1, normal gait ("1Nmar"): one fixed choice, so demo runs are comparable.
-DEFAULT_RECORDING = RECORDINGS / "1Nmar.txt"
+#: Subject A3, gait ("3Amar"): one fixed choice, so demo runs are comparable; the longest bundled
+#: recording (43 s, so a 30 s demo does not loop) and held out from the default bundle's training.
+DEFAULT_RECORDING = RECORDINGS / "3Amar.txt"
 DEFAULT_CHECKPOINT = MODELS / "lagllama-exoloop.ckpt"
 
 
@@ -64,6 +65,8 @@ class DemoSummary:
     png: str | None
     targets: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
+    recording: str = ""
+    held_out: bool | None = None  #: the recording was among the bundle's held-out evaluation set
 
 
 def _free_port() -> int:
@@ -140,7 +143,8 @@ def run_demo(duration: float = 30.0, *, recording: str | Path | None = None, mod
     recording = Path(recording or DEFAULT_RECORDING)
     model = Path(model or default_bundle())
     ckpt = Path(checkpoint) if checkpoint else (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None)
-    _, config = load_model(model)  # fail here, before any process, on a bad bundle
+    bundle, config = load_model(model)  # fail here, before any process, on a bad bundle
+    evaluated = (bundle.metrics or {}).get("per_recording")
     stop = stop or threading.Event()
     name = f"exoloop-demo-{uuid.uuid4().hex[:6]}"
     ep, ep_h = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
@@ -239,7 +243,8 @@ def run_demo(duration: float = 30.0, *, recording: str | Path | None = None, mod
         latency_ms={k: lat[k] for k in ("p50", "p99", "max") if k in lat},
         forecaster=status.get("forecaster") if status else None, horizons=horizons,
         controller_modes=[e["new"] for e in ctl_events if e.get("event") == "mode"],
-        exit_codes=codes, png=None, targets=names, units=units)
+        exit_codes=codes, png=None, targets=names, units=units, recording=recording.name,
+        held_out=None if evaluated is None else recording.stem in evaluated)
     if png and n:
         summary.png = str(_plot(Path(png), t_src[:n], vals[:n], y, horizon, names, units))
     _print_summary(out, summary)
@@ -314,6 +319,9 @@ def _print_summary(out: TextIO, s: DemoSummary) -> None:
     if s.latency_ms:
         out.write(f"  latency p50 {s.latency_ms['p50']:.2f} ms, p99 {s.latency_ms['p99']:.2f} ms, "
                   f"max {s.latency_ms['max']:.2f} ms\n")
+    seen = {True: "held out from the model's training", False: "part of the model's training data",
+            None: "unknown whether the model was trained on it"}[s.held_out]
+    out.write(f"  recording: {s.recording} ({seen})\n")
     for nm, u, r in zip(s.targets, s.units, s.rmse):
         out.write(f"  {nm}: RMSE vs ground truth {r:.2f} {u}\n")
     fc = s.forecaster or {}

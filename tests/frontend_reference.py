@@ -61,18 +61,29 @@ def features_np(w: np.ndarray, zc: float, ssc: float, wamp: float) -> np.ndarray
     ])
 
 
-def frames_np(y: np.ndarray, length: int, hop: int, thr: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Features of every due window of ``y`` float[n, C]: ``(float64[k, 6C], newest row int[k])``."""
+def frames_np(y: np.ndarray, length: int, hop: int, thr) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every due window of ``y`` float[n, C]: ``(float64[k, 6C], newest row int[k])``.
+
+    ``thr``: zc, ssc, wamp thresholds, float[3] (every channel) or float[3, C] (per channel).
+    """
+    thr = np.broadcast_to(np.asarray(thr, dtype=float).reshape(3, -1), (3, y.shape[1]))
     ends = np.arange(length, y.shape[0] + 1, hop)  # 1-based count of the newest sample
-    feats = np.array([np.concatenate([features_np(y[e - length : e, c], *thr) for c in range(y.shape[1])])
+    feats = np.array([np.concatenate([features_np(y[e - length : e, c], *thr[:, c]) for c in range(y.shape[1])])
                       for e in ends]).reshape(len(ends), 6 * y.shape[1])  # fmt: skip
     return feats, ends - 1
 
 
-def frontend_np(config: Config, maxabs, lo, hi, t: np.ndarray, x: np.ndarray, denoise=None):
+def count_thresholds(config: Config, step) -> np.ndarray:
+    """float64[3, C]: the config's zc, ssc, wamp multiples of each channel's ``step`` (ssc: step squared)."""
+    f, step = config.frontend.features, np.asarray(step, dtype=float)
+    return np.array([f.zc_threshold * step, f.ssc_threshold * step**2, f.wamp_threshold * step])
+
+
+def frontend_np(config: Config, maxabs, lo, hi, t: np.ndarray, x: np.ndarray, denoise=None, step=None):
     """The whole chain on a clean recording: ``(t float64[k], scaled features float64[k, 6C])``.
 
-    ``denoise`` (float64[n, C] -> float64[n, C]) stands in for the wavelet stage when enabled.
+    ``denoise`` (float64[n, C] -> float64[n, C]) stands in for the wavelet stage when enabled;
+    ``step`` float[C] is the unit of the count thresholds (``None``: 1).
     """
     fe, fs = config.frontend, config.stream.fs
     y = running_mean_removed(x, fe.baseline.tau_s, fs) if fe.baseline.method == "running_mean" else x.astype(float)
@@ -84,9 +95,18 @@ def frontend_np(config: Config, maxabs, lo, hi, t: np.ndarray, x: np.ndarray, de
         b, a = signal.iirnotch(fe.notch.freq_hz, fe.notch.q, fs=fs)
         sos = np.vstack([sos, signal.tf2sos(b, a)])
     y = signal.sosfilt(sos, y, axis=0)
-    thr = (fe.features.zc_threshold, fe.features.ssc_threshold, fe.features.wamp_threshold)
+    thr = count_thresholds(config, np.ones(y.shape[1]) if step is None else step)
     f, rows = frames_np(y, fe.window.length, fe.window.hop, thr)
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
     span = hi - lo
     scaled = np.where(span > 0, 2 * (f - lo) / np.where(span > 0, span, 1) - 1, 0.0)
     return t[rows], scaled
+
+
+def semg_like_noise(n: int, fs: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise float64[n] with the classic sEMG spectrum (Shwedyk et al. 1977):
+    ``P(f) ~ f^2 fh^4 / ((f^2 + fl^2) (f^2 + fh^2)^2)``, fl = 60 Hz, fh = 120 Hz; unit variance."""
+    f = np.fft.rfftfreq(n, 1 / fs)
+    psd = f**2 * 120.0**4 / ((f**2 + 60.0**2) * (f**2 + 120.0**2) ** 2)
+    y = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * np.sqrt(psd), n)
+    return y / y.std()

@@ -7,6 +7,7 @@ window of the whole signal. Tolerance: 1e-9 relative for the sums, counts exact.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from frontend_reference import features_np, frames_np, read_uci_emg
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,10 +16,11 @@ from scipy import signal
 from kernels.features import FEATURES, FeatureWindows, feature_names, window_features
 
 
-def _thresholds(x: np.ndarray) -> tuple[float, float, float]:
-    """Thresholds at quantiles of the signal's own steps, so every count feature is non-trivial."""
-    d = np.abs(np.diff(x, axis=0)).ravel()
-    return float(np.quantile(d, 0.3)), float(np.quantile(d, 0.5) ** 2), float(np.quantile(d, 0.7))
+def _thresholds(x: np.ndarray) -> np.ndarray:
+    """Per-channel thresholds float64[3, C] at quantiles of each channel's own steps, so every count
+    feature is non-trivial and each channel has its own."""
+    d = np.abs(np.diff(x, axis=0))
+    return np.stack([np.quantile(d, 0.3, axis=0), np.quantile(d, 0.5, axis=0) ** 2, np.quantile(d, 0.7, axis=0)])
 
 
 def _chunked(fw: FeatureWindows, x: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +64,7 @@ def test_window_features_match_definitions():
 def test_chunked_equals_reference_on_random_signals(sizes, seed, length, hop_frac):
     hop = max(1, length // hop_frac)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((700, 3))
+    x = rng.standard_normal((700, 3)) * [1.0, 0.01, 30.0]  # channel scales differ: thresholds must too
     thr = _thresholds(x)
     feats, rows = _chunked(FeatureWindows(3, length, hop, thr, max_chunk=64), x, sizes)
     ref, ref_rows = frames_np(x, length, hop, thr)
@@ -92,6 +94,15 @@ def test_frame_layout_and_names():
     np.testing.assert_array_equal(rows, [3, 5, 7, 9])
     np.testing.assert_array_equal(f[:, :6], 0.0)
     np.testing.assert_allclose(f[0, 6:], [0 + 1 + 2 + 3, np.var([0, 1, 2, 3], ddof=1), 3, 0, 0, 3])
+
+
+def test_scalar_thresholds_apply_to_every_channel_and_bad_shapes_are_refused():
+    x = np.random.default_rng(5).standard_normal((300, 3))
+    a = FeatureWindows(3, 50, 25, (0.2, 0.1, 0.5)).process(x)[0].copy()
+    b = FeatureWindows(3, 50, 25, np.tile([[0.2], [0.1], [0.5]], (1, 3))).process(x)[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"thresholds: expected shape \(3,\) or \(3, 3\), got \(3, 2\)"):
+        FeatureWindows(3, 50, 25, np.ones((3, 2)))
 
 
 def test_reset_and_growth():
