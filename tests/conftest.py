@@ -14,6 +14,17 @@ DATA = ROOT / "data" / "recordings" / "uci-lower-limb"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one torch thread is faster and immune to other processes on the machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def siat_config():
     from kernels.config import load_config

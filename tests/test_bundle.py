@@ -16,7 +16,7 @@ from kernels.normalize import NormStats
 from models.baselines import GPRModel
 from models.bundle import BundleError, BundleMismatch, load_bundle, save_bundle
 from models.step_engine import CompiledStepEngine, run_sequence
-from tests.xlstm_helpers import one_torch_thread, perturbed_model  # noqa: F401
+from tests.xlstm_helpers import perturbed_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -20,12 +20,7 @@ from models.lagllama.finetune import PRESETS, WindowSampler, finetune, new_model
 from rt.cli import main as cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sine(n: int, period: float, phase: float = 0.0) -> np.ndarray:

@@ -19,7 +19,7 @@ from kernels.config import load_config
 from kernels.frontend import FrontEnd, fit_norm_stats, run_offline
 from models.step_engine import CompiledStepEngine, EagerStepEngine, run_sequence
 from models.train import predict_units
-from tests.xlstm_helpers import as_float64, one_torch_thread, perturbed_model  # noqa: F401
+from tests.xlstm_helpers import as_float64, perturbed_model
 
 VARIANTS = ("slstm", "mlstm", "mixed", "lstm")
 MEAN, STD = 30.0, 20.0  # target units, so that de-standardisation is exercised

@@ -11,7 +11,7 @@ import torch
 from models.dataset import FrameSet
 from models.train import TrainSettings, train_sequence
 from models.xlstm_regressor import ModelSpec, XLSTMRegressor, rmse_loss
-from tests.xlstm_helpers import one_torch_thread, perturbed_model  # noqa: F401
+from tests.xlstm_helpers import perturbed_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

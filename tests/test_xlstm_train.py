@@ -15,7 +15,6 @@ from models.dataset import make_frames
 from models.step_engine import run_sequence
 from rt.cli import main
 from rt.datasets import load_labelled
-from tests.xlstm_helpers import one_torch_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

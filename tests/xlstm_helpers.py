@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from models.xlstm_regressor import ModelSpec, build_model
@@ -28,11 +27,3 @@ def as_float64(model):
     twin.load_state_dict(model.state_dict())
     return twin.double().eval()
 
-
-@pytest.fixture(scope="module", autouse=False)
-def one_torch_thread():
-    """Tiny tensors: one thread is faster and immune to the other processes on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
