@@ -17,6 +17,10 @@ of the last 1926 frames are recomputed from raw samples and the whole model is r
 scipy/PyWavelets, which is slower). The seed's way runs in the idle condition only unless
 ``--seed-everywhere`` (it saturates a core and would make the other cells meaningless).
 
+``--tuning``: instead, cells of the compiled loop in one condition with one change each
+(:data:`TUNINGS`: ``ipc://``, the spin-then-block wait, SCHED_FIFO, pinning, nice) against tcp
++ blocking wait, interleaved over rounds; see docs/loop.md "Latency tuning".
+
 Offline part: ``replay --fast`` throughput (× real time) and the loop's per-hop processing
 time (chunk arrival → ``pred`` sent), compiled vs eager, in this process.
 
@@ -28,12 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +121,46 @@ class SeedEngine:
             return self.model.to_units(z[0, -1]).numpy().astype(np.float32)
 
 
+# -- changes tried by --tuning ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tuning:
+    """One change to the loop process. Defaults: tcp, blocking wait, no OS hints; ``spin_us=None``:
+    :func:`rt.runner.run_live`'s own default (the loop as ``exoloop run`` runs it)."""
+
+    name: str
+    ipc: bool = False                 # publish on ipc:// instead of tcp://127.0.0.1
+    spin_us: float | None = 0.0       # Loop spin_s: spin-then-block inlet wait (0: blocking)
+    cpus: tuple[int, ...] = ()        # pin the hot-path threads (rt.realtime.apply_hints)
+    fifo: int | None = None           # SCHED_FIFO priority of the hot-path threads
+    nice: int | None = None           # niceness of the hot-path threads
+    timer_slack_ns: int | None = None
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def child_args(self) -> list[str]:
+        args = ["--spin-us", str(self.spin_us)] if self.spin_us is not None else []
+        args += ["--cpus", ",".join(map(str, self.cpus))] if self.cpus else []
+        args += ["--fifo", str(self.fifo)] if self.fifo is not None else []
+        args += ["--nice", str(self.nice)] if self.nice is not None else []
+        return args + (["--timer-slack-ns", str(self.timer_slack_ns)] if self.timer_slack_ns is not None else [])
+
+
+#: One change at a time against the first (the loop as before this tuning: tcp, blocking wait), same
+#: run, interleaved rounds; then combinations (the last one is a trap: the spinning hot thread and
+#: liblsl's receiver thread at the same FIFO priority on one core — the receiver waits for the spin).
+TUNINGS = (
+    Tuning("tcp, blocking wait"),
+    Tuning("ipc", ipc=True),
+    Tuning("spin 300us", spin_us=300.0),
+    Tuning("fifo 50", fifo=50),
+    Tuning("pin core 0", cpus=(0,)),
+    Tuning("nice -10", nice=-10),
+    Tuning("spin 300us + fifo 50", spin_us=300.0, fifo=50),
+    Tuning("spin 300us + pin core 0", spin_us=300.0, cpus=(0,)),
+    Tuning("spin 300us + fifo 50 + pin core 0", spin_us=300.0, fifo=50, cpus=(0,)),
+)
+
+
 # -- the loop process ---------------------------------------------------------------------------
 
 def _child(argv: list[str]) -> int:
@@ -127,10 +174,17 @@ def _child(argv: list[str]) -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--report", required=True)
+    p.add_argument("--spin-us", type=float)
+    p.add_argument("--cpus", default="")
+    p.add_argument("--fifo", type=int)
+    p.add_argument("--nice", type=int)
+    p.add_argument("--timer-slack-ns", type=int)
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
+    answered: dict[str, str] = {}
+    cpu_s = float("nan")  # the loop process's CPU seconds (start-up included), compiled/eager only
     if a.variant == "seed":
         from rt.loop import Loop
         from rt.publish import Publisher
@@ -150,12 +204,21 @@ def _child(argv: list[str]) -> int:
             pub.close()
             src.close()
     else:
+        import resource
+
         from rt.runner import run_live
 
+        hints = {k: v for k, v in (("cpus", {int(c) for c in a.cpus.split(",") if c}), ("fifo_priority", a.fifo),
+                                   ("nice", a.nice), ("timer_slack_ns", a.timer_slack_ns)) if v}
         r = run_live(a.name, a.model, publish=a.publish, engine_kind=a.variant, forecaster=a.forecaster,
                      checkpoint=a.checkpoint, duration=a.duration, resolve_timeout=30,
-                     forecaster_log=subprocess.DEVNULL)
-    Path(a.report).write_text(json.dumps({"hops": r.hops, "stages_ms": r.stages_ms, "wall_s": r.wall_s}))
+                     forecaster_log=subprocess.DEVNULL, hints=hints,
+                     **({"spin_s": a.spin_us * 1e-6} if a.spin_us is not None else {}),
+                     hints_report=answered)
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_s = use.ru_utime + use.ru_stime
+    Path(a.report).write_text(json.dumps({"hops": r.hops, "stages_ms": r.stages_ms, "wall_s": r.wall_s,
+                                          "hints": answered, "cpu_s": cpu_s}))
     return 0
 
 
@@ -168,8 +231,9 @@ def _port() -> str:
 
 
 def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: float, skip: float,
-             checkpoint: Path | None, workdir: Path) -> dict[str, Any]:
-    """Player + loop (+ stress) processes for ``duration`` s; returns latencies (s) and stages."""
+             checkpoint: Path | None, workdir: Path, tuning: Tuning | None = None) -> dict[str, Any]:
+    """Player + loop (+ stress) processes for ``duration`` s; returns latencies (s), stages, the
+    player's own lateness (pushed − due, s) and what the OS answered to ``tuning``'s hints."""
     import pylsl
     import zmq
 
@@ -177,9 +241,10 @@ def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: flo
 
     env = dict(os.environ)
     env.setdefault("LSLAPICFG", str(ROOT / "configs" / "lsl_api.cfg"))
-    name = f"bench-{os.getpid()}-{condition}-{variant}"
-    ep = _port()
-    report = workdir / f"{condition}-{variant}.json"
+    tuning = tuning or Tuning("as shipped", spin_us=None)
+    name = f"bench-{os.getpid()}-{condition}-{variant}-{abs(hash(tuning.name)) % 10**6}"
+    ep = f"ipc://{workdir}/{name}.ipc" if tuning.ipc else _port()
+    report = workdir / f"{name}.json"
     cores = sorted(os.sched_getaffinity(0))
     procs: list[subprocess.Popen] = []
     sub = zmq.Context.instance().socket(zmq.SUB)
@@ -193,10 +258,12 @@ def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: flo
             procs.append(stress)
             if len(cores) > 1:
                 os.sched_setaffinity(stress.pid, {cores[-1]})
-        procs.append(subprocess.Popen([sys.executable, "-m", "rt.cli", "play", str(rec), "--name", name, "--loop",
-                                       "--quiet"], env=env, stdout=subprocess.DEVNULL))
+        player = subprocess.Popen([sys.executable, "-m", "rt.cli", "play", str(rec), "--name", name, "--loop",
+                                   "--quiet"], env=env, stdout=subprocess.PIPE, text=True)
+        procs.append(player)
         child = [sys.executable, "-m", "bench.loop", "_child", "--name", name, "--model", str(model),
                  "--publish", ep, "--variant", variant, "--duration", str(duration + skip), "--report", str(report)]
+        child += tuning.child_args()
         if condition == "forecaster":
             child += ["--forecaster"] + (["--checkpoint", str(checkpoint)] if checkpoint else [])
         loop = subprocess.Popen(child, env=env, stderr=subprocess.PIPE, text=True)
@@ -216,6 +283,8 @@ def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: flo
         err = loop.stderr.read()
         if loop.returncode != 0:
             raise RuntimeError(f"loop process ({variant}, {condition}) exited {loop.returncode}:\n{err[-2000:]}")
+        player.terminate()
+        late_ms = _player_late_ms(player.communicate(timeout=20)[0])
     finally:
         sub.close(0)
         for p in procs:
@@ -228,9 +297,17 @@ def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: flo
                     p.wait()
     recv_a, src_a, pub_a = np.array(recv), np.array(src), np.array(pub)
     keep = recv_a >= (recv_a[0] + skip if len(recv_a) else 0)
-    stages = json.loads(report.read_text())["stages_ms"]
-    return {"e2e": recv_a[keep] - src_a[keep], "transport": recv_a[keep] - pub_a[keep], "stages_ms": stages,
-            "n_total": len(recv_a)}
+    child_report = json.loads(report.read_text())
+    return {"e2e": recv_a[keep] - src_a[keep], "transport": recv_a[keep] - pub_a[keep],
+            "stages_ms": child_report["stages_ms"], "hints": child_report.get("hints", {}),
+            "cpu_s": child_report.get("cpu_s", float("nan")),
+            "player_late_ms": late_ms, "n_total": len(recv_a)}
+
+
+def _player_late_ms(stdout: str) -> float:
+    """The player's median lateness (ms) from the summary line ``exoloop play`` prints at exit."""
+    m = re.search(r"late p50 ([0-9.]+) ms", stdout or "")
+    return float(m.group(1)) if m else float("nan")
 
 
 # -- offline part ----------------------------------------------------------------------------
@@ -300,6 +377,22 @@ def prepare(profile: str, workdir: Path, model: str | None) -> tuple[Path, Path,
 
 # -- report ---------------------------------------------------------------------------------------
 
+PARTS = ("player late", "lsl", "frontend", "step", "publish", "zmq")
+
+
+def _parts(cell: dict[str, Any]) -> dict[str, float]:
+    """Median per part (ms), end to end: the player's lateness (pushed − due; inside the sample's
+    age), LSL (age − front end − step − player lateness: transport and the loop's wake-up),
+    front end, step, publish (encode + send), ZeroMQ (receive − t_pub − publish)."""
+    st = cell["stages_ms"]
+    age = st["age"]["p50"]
+    tr = float(np.median(1e3 * cell["transport"])) if cell["transport"].size else 0.0
+    fe, sp, pb = st["frontend"]["p50"], st["step"]["p50"], st["publish"]["p50"]
+    late = cell["player_late_ms"] if math.isfinite(cell["player_late_ms"]) else 0.0
+    return {"player late": late, "lsl": max(age - fe - sp - late, 0.0), "frontend": fe, "step": sp,
+            "publish": pb, "zmq": max(tr - pb, 0.0)}
+
+
 def _pct(v_ms: np.ndarray) -> dict[str, float]:
     if v_ms.size == 0:
         return {k: float("nan") for k in ("p50", "p90", "p99", "p99.9", "max")}
@@ -332,24 +425,30 @@ def _plots(cells: dict[tuple[str, str], dict[str, Any]], out: Path, budget_ms: f
     fig.savefig(cdf, dpi=100)
     plt.close(fig)
 
-    parts = ("inlet", "frontend", "step", "publish", "transport")
-    keys = [k for k in cells]
+    keys = [k for k in cells if k[1] != "seed"]  # the seed's way (seconds, all in the model) is in the table
+    if not keys:
+        return [cdf]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
     bottom = np.zeros(len(keys))
-    for part in parts:
+    for part in PARTS:
         h = np.array([cells[k]["parts_ms"][part] for k in keys])
         ax.bar(range(len(keys)), h, bottom=bottom, label=part)
         bottom += h
     ax.set_xticks(range(len(keys)), [f"{c}\n{v}" for c, v in keys], fontsize=8)
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.set_ylabel("median per stage (ms, symlog)")
-    ax.set_title("where the time goes (medians)")
+    ax.set_ylabel("median per part (ms)")
+    ax.set_title("where the time goes (medians; the seed's way is in the table)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     bars = out / "loop_stages.png"
     fig.savefig(bars, dpi=100)
     plt.close(fig)
     return [cdf, bars]
+
+
+def _checkpoint(checkpoint: str | None) -> Path:
+    """The forecaster's checkpoint: given, else the bundled one, else the test suite's tiny one."""
+    ckpt = Path(checkpoint) if checkpoint else ROOT / "data" / "models" / "lagllama-exoloop.ckpt"
+    return ckpt if ckpt.exists() else ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
 
 
 def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float = 15.0, skip: float = 2.0,
@@ -366,9 +465,7 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
     config = load_config(profile)
     budget = budget_ms or config.loop.budget_ms
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(checkpoint) if checkpoint else ROOT / "data" / "models" / "lagllama-exoloop.ckpt"
-    if not ckpt.exists():
-        ckpt = ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
+    ckpt = _checkpoint(checkpoint)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         work = Path(tmp)
@@ -395,9 +492,7 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
     for (c, v), cell in cells.items():
         e = 1e3 * cell["e2e"]
         st = cell["stages_ms"]
-        age, tr = st["age"]["p50"], float(np.median(1e3 * cell["transport"])) if cell["transport"].size else 0.0
-        fe, sp, pb = st["frontend"]["p50"], st["step"]["p50"], st["publish"]["p50"]
-        cell["parts_ms"] = {"inlet": max(age - fe - sp, 0.0), "frontend": fe, "step": sp, "publish": pb, "transport": tr}
+        cell["parts_ms"] = _parts(cell)
         base = cells.get((c, "eager")) if v == "compiled" else None
         entry = result("loop", f"{profile}/{c}/{v}", "e2e_ms", "ms", e if e.size else [np.nan],
                        baseline=("eager step", 1e3 * base["e2e"]) if base is not None and base["e2e"].size else None,
@@ -411,11 +506,80 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
     notes.append(f"End-to-end latency = subscriber receive time − LSL timestamp of the newest sample in the "
                  f"window (LSL clock, one host); first {skip:g} s of each cell skipped. Deadline budget "
                  f"{budget:g} ms (config loop.budget_ms unless --budget-ms). Live cells: {duration:g} s "
-                 f"(seed's way {seed_duration:g} s). Stage bars: inlet = loop's age − front end − step "
-                 f"(LSL transport + waiting in the inlet), transport = receive − t_pub (ZeroMQ).")
+                 f"(seed's way {seed_duration:g} s). Stage bars (medians, ms): player late = pushed − due in "
+                 f"the player (its sleep overshoot, inside every sample's age); lsl = loop's age − front end − "
+                 f"step − player late (LSL transport and the loop's wake-up); publish = encode + send; zmq = "
+                 f"receive − t_pub − publish (ZeroMQ delivery and the subscriber's wake-up).")
     notes.append(_table(results))
     notes.extend(f"![{p.stem}]({p.name})" for p in pngs)
     return write_report(results, out / "loop.json", title=f"exoloop bench loop ({profile})", notes="\n\n".join(notes))
+
+
+def run_tuning(profile: str = "siat_llmd", duration: float = 10.0, skip: float = 2.0, rounds: int = 2,
+               tunings: tuple[Tuning, ...] = TUNINGS, model: str | None = None,
+               out: Path = ROOT / "bench" / "out" / "loop_tuning", progress: bool = True,
+               condition: str = "idle", checkpoint: str | None = None) -> dict[str, Any]:
+    """Cells of the compiled loop in ``condition``, one per change in ``tunings``, interleaved over
+    ``rounds`` rounds (so slow drifts of a shared machine hit every change alike); the first is
+    the baseline. Writes ``loop_tuning.json`` + ``.md`` to ``out``."""
+    from tqdm import tqdm
+
+    from bench.report import result, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = _checkpoint(checkpoint)
+    e2e: dict[str, list[np.ndarray]] = {t.name: [] for t in tunings}
+    cells: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tunings}
+    with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
+        work = Path(tmp)
+        rec, bundle, notes = prepare(profile, work, model)
+        bar = tqdm(total=rounds * len(tunings), desc=f"bench loop --tuning {profile}", disable=not progress)
+        for _ in range(rounds):
+            for t in tunings:
+                bar.set_postfix_str(t.name)
+                cell = run_cell(rec, bundle, condition, "compiled", duration, skip, ckpt, work, t)
+                e2e[t.name].append(1e3 * cell["e2e"])
+                cells[t.name].append(cell)
+                bar.update()
+        bar.close()
+    base = tunings[0].name
+    base_cpu = np.nanmean([c["cpu_s"] for c in cells[base]])
+    results = []
+    for t in tunings:
+        e = np.concatenate(e2e[t.name])
+        cs = cells[t.name]
+        parts = {k: float(np.mean([_parts(c)[k] for c in cs])) for k in PARTS}
+        results.append(result(
+            "loop", f"{profile}/tuning/{condition}/{t.name}", "e2e_ms", "ms", e,
+            baseline=(base, np.concatenate(e2e[base])) if t.name != base else None, **_pct(e),
+            rounds_p50_ms=[float(np.median(x)) for x in e2e[t.name]],
+            rounds_p99_ms=[float(np.percentile(x, 99)) for x in e2e[t.name]],
+            extra_cpu_pct=100 * (np.nanmean([c["cpu_s"] for c in cs]) - base_cpu) / (duration + skip),
+            hints=cs[-1]["hints"], stages_p50_ms=parts))
+    rows = ["| change | p50 | p99 | p50 per round | p99 per round | ratio p50 | extra CPU | OS answer |",
+            "|---|---:|---:|---|---|---:|---:|---|"]
+    for r in results:
+        answer = "; ".join(f"{k}: {v}" for k, v in r["hints"].items()) or "—"
+        rows.append(f"| {r['case'].rsplit('/', 1)[1]} | {r['p50']:.3f} | {r['p99']:.3f} | "
+                    f"{', '.join(f'{x:.3f}' for x in r['rounds_p50_ms'])} | "
+                    f"{', '.join(f'{x:.2f}' for x in r['rounds_p99_ms'])} | "
+                    f"{r['ratio']:.2f}× | {r['extra_cpu_pct']:+.1f} % | {answer} |"
+                    if r.get("ratio") else
+                    f"| {r['case'].rsplit('/', 1)[1]} | {r['p50']:.3f} | {r['p99']:.3f} | "
+                    f"{', '.join(f'{x:.3f}' for x in r['rounds_p50_ms'])} | "
+                    f"{', '.join(f'{x:.2f}' for x in r['rounds_p99_ms'])} | — | — | {answer} |")
+    srows = ["| change | " + " | ".join(PARTS) + " |", "|---|" + "---:|" * len(PARTS)]
+    for r in results:
+        srows.append(f"| {r['case'].rsplit('/', 1)[1]} | "
+                     + " | ".join(f"{r['stages_p50_ms'][k]:.3f}" for k in PARTS) + " |")
+    notes.append(f"Condition {condition}, compiled loop, {duration:g} s per cell after {skip:g} s skipped, {rounds} "
+                 f"interleaved round(s); end-to-end latency in ms; ratio = p50 of '{base}' / p50 of the "
+                 f"change (> 1: faster). Extra CPU: the loop process's CPU time minus that of '{base}', "
+                 f"per second of cell.")
+    notes.append("\n".join(rows))
+    notes.append("Where the time goes (medians, ms; see `exoloop bench loop --help`):\n\n" + "\n".join(srows))
+    return write_report(results, out / "loop_tuning.json", title=f"exoloop bench loop --tuning ({profile})",
+                        notes="\n\n".join(notes))
 
 
 def _table(results: list[dict[str, Any]]) -> str:
@@ -443,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds for the seed's-way cells (default 15)")
     p.add_argument("--skip", type=float, default=2.0, metavar="S", help="start-up seconds left out per cell (default 2)")
     p.add_argument("--conditions", default=",".join(CONDITIONS), metavar="C,..",
-                   help="subset of idle,forecaster,stress (default all)")
+                   help="subset of idle,forecaster,stress (default all; with --tuning one of them, default idle)")
     p.add_argument("--variants", default=",".join(VARIANTS), metavar="V,..",
                    help="subset of compiled,eager,seed (default all)")
     p.add_argument("--seed-everywhere", action="store_true", help="run the seed's way in every condition, not only idle")
@@ -451,8 +615,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", metavar="B", help="model bundle (default: bundled for UCI, random weights for SIAT)")
     p.add_argument("--checkpoint", metavar="P", help="Lag-Llama checkpoint for the forecaster condition")
     p.add_argument("--no-replay", action="store_true", help="skip the replay --fast throughput part")
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "loop"), metavar="DIR",
-                   help="report folder (default bench/out/loop)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="report folder (default bench/out/loop, with --tuning bench/out/loop_tuning)")
+    p.add_argument("--tuning", nargs="?", const="all", metavar="T,..",
+                   help="instead of the conditions x variants grid: cells of the compiled loop in one condition "
+                        "(--conditions, default idle) with one change each, interleaved over --rounds, against "
+                        "tcp + blocking wait; T from "
+                        + ", ".join(repr(t.name) for t in TUNINGS[1:]) + " (default all)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds for --tuning (default 2)")
     a = p.parse_args(argv)
 
     def subset(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -461,6 +631,26 @@ def main(argv: list[str] | None = None) -> int:
         if bad or not got:
             p.error(f"--{what}: {bad or text!r} not in {', '.join(allowed)}")
         return got
+
+    if a.tuning is not None:
+        by_name = {t.name: t for t in TUNINGS}
+        names = [n for n in by_name if n != TUNINGS[0].name] if a.tuning == "all" else \
+            [n.strip() for n in a.tuning.split(",") if n.strip()]
+        bad = [n for n in names if n not in by_name]
+        if bad:
+            p.error(f"--tuning: {bad} not in {', '.join(repr(n) for n in by_name)}")
+        conds = subset(a.conditions, CONDITIONS, "conditions")
+        if len(conds) != 1 and a.conditions != ",".join(CONDITIONS):
+            p.error("--tuning runs one condition: give --conditions idle, forecaster or stress")
+        cond = conds[0] if len(conds) == 1 else "idle"
+        rep = run_tuning(a.profile, a.duration, a.skip, a.rounds, (TUNINGS[0],) + tuple(by_name[n] for n in names),
+                         a.model, Path(a.out or ROOT / "bench" / "out" / "loop_tuning"), condition=cond,
+                         checkpoint=a.checkpoint)
+        for r in rep["results"]:
+            print(f"{r['case']:45s} p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms"
+                  + (f", {r['ratio']:.2f}x, extra CPU {r['extra_cpu_pct']:+.1f} %" if r.get("ratio") else ""))
+        return 0
+    a.out = a.out or str(ROOT / "bench" / "out" / "loop")
 
     rep = run(a.profile, a.duration, a.seed_duration, a.skip, subset(a.conditions, CONDITIONS, "conditions"),
               subset(a.variants, VARIANTS, "variants"), a.seed_everywhere, a.budget_ms, a.model, a.checkpoint,

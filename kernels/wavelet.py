@@ -69,13 +69,15 @@ def _polyphase(psi: np.ndarray, n_taps: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
-def _denoise_kernel(x, out, acc, poly, threshold, clock, delay):  # pragma: no cover - compiled
+def _denoise_kernel(x, out, acc, poly, thresholds, clock, delay):  # pragma: no cover - compiled
     """Denoise ``x`` float64[n, C] into ``out`` float64[n, C]; updates ``acc`` and ``clock``.
 
     acc: float64[C, 2 * (A + 1) * P] per-channel ring of partial coefficient sums for the
     ``A`` youngest ages; age ``j`` (0 = newest) of leaf ``l`` is ``acc[c, pos + j*P + l]``.
-    poly: float64[P, J, P] polyphase leaf functions. threshold: soft threshold (the
-    approximation leaf, index 0, is not thresholded). clock: int64[3] = (samples seen,
+    poly: float64[P, J, P] polyphase leaf functions. thresholds: float64[J * P], the soft
+    threshold of each (age, leaf) position — 0 on the approximation leaf (``l = 0``), which
+    soft thresholding at 0 keeps whole, so one branch-free loop serves every leaf.
+    clock: int64[3] = (samples seen,
     phase p = samples since the newest coefficient started, ring position ``pos``).
     delay: lookahead D in samples.
     """
@@ -85,7 +87,6 @@ def _denoise_kernel(x, out, acc, poly, threshold, clock, delay):  # pragma: no c
     polyf = poly.reshape(n_phase, span)
     top = acc.shape[1] // 2  # pos restarts here; the ring holds two copies' worth of ages
     keep = top - n_leaves  # partial sums carried over when the ring wraps
-    th = threshold
     t0, p0, pos0 = clock[0], clock[1], clock[2]
     t, p, pos = t0, p0, pos0
     for c in range(n_ch):
@@ -115,10 +116,8 @@ def _denoise_kernel(x, out, acc, poly, threshold, clock, delay):  # pragma: no c
                 y = 0.0
                 for k in range(span):
                     v = b[k]
+                    th = thresholds[k]
                     y += (v - min(max(v, -th), th)) * h[k]
-                for j in range(n_taps):  # give the approximation leaf back its clipped part
-                    v = b[j * n_leaves]
-                    y += min(max(v, -th), th) * h[j * n_leaves]
                 out[i, c] = y
             else:
                 out[i, c] = 0.0
@@ -159,6 +158,8 @@ class StreamingWaveletDenoiser:
         self.exact_lookahead = m - 1  #: smallest lookahead at which the output is exact
         self._phase0 = (-phase) % n_leaves  # p at global sample 0 (a coefficient starts at t = phase mod P)
         self._poly = _polyphase(psi, n_taps)
+        self._thresholds = np.full(n_taps * n_leaves, self.threshold)
+        self._thresholds[::n_leaves] = 0.0  # the approximation leaf is kept whole
         n_ages = n_taps + -(-lookahead // n_leaves)  # oldest age the synthesis reads
         self._acc = np.zeros((n_channels, 2 * (n_ages + 1) * n_leaves))
         self._clock = np.zeros(3, dtype=np.int64)
@@ -183,7 +184,7 @@ class StreamingWaveletDenoiser:
             )
         if not (x.flags.c_contiguous and out.flags.c_contiguous):
             raise ValueError("x and out must be C-contiguous")
-        _denoise_kernel(x, out, self._acc, self._poly, self.threshold, self._clock, self.delay)
+        _denoise_kernel(x, out, self._acc, self._poly, self._thresholds, self._clock, self.delay)
 
     def warmup(self) -> None:
         """Compile (or load from cache) the kernel on a tiny input; leaves the state reset."""

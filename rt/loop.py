@@ -22,6 +22,7 @@ and, for sources on the local LSL clock, ``age`` (``t_pub - t_src``).
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -91,12 +92,16 @@ class Loop:
     float32[k, 6C], flags uint32[k])``; ``engine``: ``step(frame float32[6C]) -> float32[T]``.
     ``source_clock_local``: the source's timestamps are ``pylsl.local_clock()`` (live LSL), so
     ``age`` = ``t_pub - t_src`` is a latency; False for replays of recordings.
+    ``spin_s`` > 0 (live sources only): spin-then-block wait — block until ``spin_s`` before the
+    next chunk is expected, then poll ``source.pull(0)`` until ``spin_s`` after it, then block
+    again. It saves the wake-up of the hot thread by the inlet (see docs/loop.md) for about
+    ``2 * spin_s`` of CPU per chunk.
     """
 
     def __init__(self, config: Config, frontend: Any, engine: Any, source: Source,
                  publisher: Publisher | None = None, *, supervisor: Supervisor | None = None,
                  status_interval_s: float = 1.0, record: bool = False, keep: int = 0,
-                 pull_timeout_s: float = 0.05, source_clock_local: bool = True):
+                 pull_timeout_s: float = 0.05, source_clock_local: bool = True, spin_s: float = 0.0):
         self.config = config
         self.frontend = frontend
         self.engine = engine
@@ -105,6 +110,7 @@ class Loop:
         self.supervisor = supervisor
         self.status_interval_s = status_interval_s
         self.pull_timeout_s = pull_timeout_s
+        self.spin_s = spin_s
         self.source_clock_local = source_clock_local
         self.times = StageTimes(STAGES, keep=keep)
         self._record = _Record(config.targets.n_targets) if record else None
@@ -173,6 +179,9 @@ class Loop:
         encode, PRED = schema.encode_pred, schema.PRED
         local = self.source_clock_local
         timeout = self.pull_timeout_s
+        spin = self.spin_s if local else 0.0
+        fs = self.config.stream.fs
+        expected, lag = math.inf, math.nan  # next chunk's expected arrival; typical arrival - newest stamp
         stop = stop or threading.Event()
         start = clock()
         end = start + duration if duration is not None else math.inf
@@ -180,10 +189,19 @@ class Loop:
         next_status = start + self.status_interval_s
         while not stop.is_set() and self.seq < max_hops:
             t0 = clock()
-            ts, x = src.pull(timeout)
+            if spin and t0 < expected + spin:
+                ts, x = _pull_spin(src, clock, t0, expected, spin, timeout)
+            else:
+                ts, x = src.pull(timeout)
             t1 = clock()
             n = len(ts)
             if n:
+                if spin:
+                    new_lag = t1 - float(ts[-1])
+                    if math.isnan(lag):
+                        lag = new_lag
+                    lag += (new_lag - lag) * (0.5 if new_lag < lag else 0.05)  # follows the quick arrivals
+                    expected = float(ts[-1]) + n / fs + lag
                 h_wait.add(t1 - t0)
                 self.chunks += 1
                 self.samples += n
@@ -235,3 +253,23 @@ class Loop:
             r, n = self._record, self._record.n
             res.t, res.values, res.flags, res.t_pub = r.t[:n].copy(), r.values[:n].copy(), r.flags[:n].copy(), r.t_pub[:n].copy()
         return res
+
+
+def _pull_spin(src: Source, clock: Callable[[], float], now: float, expected: float, spin: float,
+               timeout: float) -> tuple[np.ndarray, np.ndarray]:
+    """Block until ``spin`` s before ``expected`` (LSL clock), poll (yielding the CPU between
+    polls) until ``spin`` s after it, then block up to ``timeout`` s."""
+    start = expected - spin
+    if start - now > timeout:
+        return src.pull(timeout)
+    if now < start:
+        ts, x = src.pull(start - now)
+        if len(ts):
+            return ts, x
+    end = expected + spin
+    while True:
+        ts, x = src.pull(0.0)
+        if len(ts) or clock() >= end:
+            break
+        os.sched_yield()  # the inlet's receiver thread may share this core: let it deliver
+    return (ts, x) if len(ts) else src.pull(timeout)

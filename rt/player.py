@@ -9,6 +9,7 @@ recording restarts one sample period after its end and time keeps increasing.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ import pylsl
 from rt.lsl_streams import MARKERS_SUFFIX, TARGETS_SUFFIX, stream_info
 from rt.recordings import Recording
 from rt.recordings.native import StreamSpec
+
+#: The last stretch before a chunk is due is spun (yielding the CPU), not slept: a timed sleep
+#: wakes up to ~0.1 ms late on a VM, and that lateness would count as latency downstream.
+SPIN_S = 200e-6
 
 
 @dataclass
@@ -100,8 +105,10 @@ class Player:
             if duration is not None and due - t0 > duration:
                 break
             wait = due - pylsl.local_clock()
-            if wait > 0:
-                time.sleep(wait)
+            if wait > SPIN_S:  # sleep (which may overshoot by ~0.1 ms), then spin to the due time
+                time.sleep(wait - SPIN_S)
+            while pylsl.local_clock() < due:
+                os.sched_yield()
             now = pylsl.local_clock()
             ts = stamps.tolist()
             self._emg.push_chunk(self._samples[i:j], ts)

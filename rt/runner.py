@@ -7,6 +7,7 @@ rate, labels), then warm up every compiled kernel. Errors name what differs.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -18,6 +19,11 @@ from kernels.config import Config, load_config
 from rt.loop import Loop, LoopResult
 from rt.publish import Publisher
 from rt.supervisor import Supervisor, forecaster_argv
+
+
+#: Default spin-then-block window of :func:`run_live` (s): ~1.2x lower median end-to-end latency
+#: for ~2-6 % of a core (docs/loop.md, "Latency tuning").
+SPIN_S = 300e-6
 
 
 def load_model(bundle_path: str | Path, config_path: str | Path | None = None) -> tuple[Any, Config]:
@@ -114,11 +120,18 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
              forecast_publish: str = "tcp://127.0.0.1:*", checkpoint: str | None = None,
              duration: float | None = None, stop: threading.Event | None = None,
              resolve_timeout: float = 5.0, max_hops: int | None = None, keep: int = 0,
-             forecaster_log: Any = None) -> LoopResult:
+             forecaster_log: Any = None, spin_s: float = SPIN_S, hints: dict[str, Any] | None = None,
+             hints_report: dict[str, str] | None = None) -> LoopResult:
     """The live loop on LSL stream ``name``. Kernels are warmed up, then the stream is resolved
     and checked against the config (``StreamNotFound``/``StreamMismatch``) before anything is
     published. With ``forecaster``, spawns
-    ``exoloop forecast serve`` fed by this loop's ``pred`` and restarts it with back-off."""
+    ``exoloop forecast serve`` fed by this loop's ``pred`` and restarts it with back-off.
+
+    ``spin_s``: the loop's spin-then-block wait (:class:`rt.loop.Loop`). ``hints``: keyword
+    arguments of :func:`rt.realtime.apply_hints` (``cpus``, ``fifo_priority``, ``nice``,
+    ``timer_slack_ns``), applied to the hot thread and the inlet's and publisher's threads once
+    they exist (after the forecaster started: it inherits none); what the OS answered goes into
+    ``hints_report`` (and stderr)."""
     from rt.sources import LslSource
 
     bundle, config = load_model(bundle_path, config_path)
@@ -127,7 +140,7 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
     sup = None
     try:
         # warm up first (seconds of JIT/cache loading), then connect: no backlog at the first chunk
-        loop = build_loop(bundle, config, source, pub, engine_kind=engine_kind, keep=keep)
+        loop = build_loop(bundle, config, source, pub, engine_kind=engine_kind, keep=keep, spin_s=spin_s)
         source.open()
         with tempfile.TemporaryDirectory(prefix="exoloop-") as tmp:
             if forecaster:
@@ -139,6 +152,15 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
                                  info={"endpoint": forecast_publish})
                 sup.start()
                 loop.supervisor = sup
+            if hints:
+                from rt.realtime import apply_hints
+
+                answered = apply_hints(**hints)
+                if hints_report is not None:
+                    hints_report.update(answered)
+                for hint, what in answered.items():
+                    if what != "ok":
+                        print(f"exoloop run: {hint} not applied: {what}", file=sys.stderr)
             return loop.run(duration=duration, stop=stop, max_hops=max_hops)
     finally:
         if sup is not None:

@@ -53,14 +53,13 @@ def _checkpoint() -> Path:
     return shipped if shipped.exists() else ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
 
 
-def _player(rec: Path, name: str, *, wait_consumer: bool, loop: bool = False) -> subprocess.Popen:
-    """A player process (rt.player.Player); with ``wait_consumer`` it starts once an inlet is connected."""
-    code = ("import sys, time\n"
-            "from rt.recordings import load_recording\nfrom rt.player import Player\n"
-            f"p = Player(load_recording({str(rec)!r}), {name!r}, chunk=10, loop={loop})\n"
-            + ("assert p.have_consumers(60)\ntime.sleep(0.3)\n" if wait_consumer else "")
-            + "p.run()\ntime.sleep(3600)\n")
-    return subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+def _player(rec: Path, name: str, *, loop: bool = False) -> subprocess.Popen:
+    """An ``exoloop play`` process (10-sample chunks) that starts once the loop's inlet is connected
+    (so the recording is seen from its first sample: the NaN burst lands at a known frame) and
+    holds its streams open after the end (the test kills it)."""
+    argv = PY + ["play", str(rec), "--name", name, "--chunk", "10", "--quiet", "--hold", "3600",
+                 "--wait-consumers", "60"]
+    return subprocess.Popen(argv + (["--loop"] if loop else []), env=os.environ.copy(), stdout=subprocess.DEVNULL)
 
 
 class Collector:
@@ -156,7 +155,7 @@ def _modes(events):
 def test_1_player_to_loop_to_subscriber_equals_offline_replay(setup, live):
     fr, ref = offline_predictions(setup["bundle"], setup["t"], setup["x"])
     k = len(ref)
-    p1 = _player(setup["clean"], live["name"], wait_consumer=True)
+    p1 = _player(setup["clean"], live["name"])
     live["players"].append(p1)
     col = live["col"]
     _wait(lambda: len(col.preds) >= k, 90, f"{k} preds")
@@ -176,7 +175,7 @@ def test_2_player_restart_recovers_and_forecaster_kill_leaves_no_gap(setup, live
     p1.wait()
     _wait(lambda: "safe" in _modes(live["events"]), 10, "controller safe mode after the player died")
     n_before = len(col.preds)
-    p2 = _player(setup["clean"], live["name"], wait_consumer=False, loop=True)
+    p2 = _player(setup["clean"], live["name"], loop=True)
     live["players"].append(p2)
     _wait(lambda: len(col.preds) > n_before + 20, 60, "preds after the player restarted")
     resumed = col.preds[n_before:]
@@ -203,7 +202,7 @@ def test_3_nan_burst_is_flagged_never_published_and_controller_goes_safe(setup, 
     p2.wait()
     time.sleep(0.5)
     n0, ev0 = len(col.preds), len(live["events"])
-    p3 = _player(setup["burst"], live["name"], wait_consumer=False, loop=True)
+    p3 = _player(setup["burst"], live["name"], loop=True)
     live["players"].append(p3)
     def first_bad() -> int | None:
         return next((i for i, m in enumerate(col.preds[n0:]) if m["flags"] & F.NONFINITE), None)
@@ -216,6 +215,15 @@ def test_3_nan_burst_is_flagged_never_published_and_controller_goes_safe(setup, 
     assert len(bad) >= 2  # the 60-sample burst spans at least two 100-sample windows
     safe = [e for e in live["events"][ev0:] if e.get("new") == "safe"]
     assert any("nonfinite" in e["reason"] for e in safe), live["events"][ev0:]
+
+
+def test_play_wait_consumers_without_consumer_exits_3(setup):
+    name = f"lonely-{uuid.uuid4().hex[:8]}"
+    p = subprocess.run(PY + ["play", str(setup["clean"]), "--name", name, "--quiet", "--wait-consumers", "0.5"],
+                       capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert name in p.stderr and "no consumer" in p.stderr and "0.5 s" in p.stderr
+    assert "pushed" not in p.stdout
 
 
 def _outlet(name: str, n_channels: int, fs: float, labels: list[str]):

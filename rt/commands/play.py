@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
+import time
 
 from tqdm import tqdm
 
@@ -23,6 +25,12 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--config", default=None,
                    help="profile name or TOML: map and check channels/targets against it before playing")
     p.add_argument("--type", dest="stream_type", default="EMG", help="LSL type of the sEMG stream (default EMG)")
+    p.add_argument("--wait-consumers", type=float, default=None, metavar="S",
+                   help="before playing, wait up to S s for a consumer (an inlet) on the sEMG stream; "
+                        "exit status 3 if none comes (default: play at once)")
+    p.add_argument("--hold", type=float, default=0.0, metavar="S",
+                   help="keep the streams open S s after the last sample so consumers can drain their "
+                        "inlets (an outlet that goes away loses what its inlets have not pulled yet; default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -41,9 +49,30 @@ def run(args: argparse.Namespace) -> int:
     stop_on_signals(stop)
     total = None if args.loop else rec.n_samples
     with Player(rec, args.name, chunk=args.chunk, speed=args.speed, loop=args.loop, markers=args.markers,
-                stream_type=args.stream_type) as player, \
-            tqdm(total=total, unit="sa", disable=args.quiet, desc=f"play {args.name}") as bar:
-        stats = player.run(duration=args.duration, stop=stop, progress=bar)
-    print(f"pushed {stats.samples} samples in {stats.chunks} chunks ({stats.loops} loops), "
-          f"late p50 {stats.late_p50_s * 1e3:.3f} ms, p99 {stats.late_p99_s * 1e3:.3f} ms")
+                stream_type=args.stream_type) as player:
+        if args.wait_consumers is not None and not wait_for_consumer(player, args.wait_consumers, stop):
+            if stop.is_set():
+                return 0
+            print(f"error: no consumer connected to LSL stream {args.name!r} within {args.wait_consumers:g} s",
+                  file=sys.stderr)
+            return 3
+        with tqdm(total=total, unit="sa", disable=args.quiet, desc=f"play {args.name}") as bar:
+            stats = player.run(duration=args.duration, stop=stop, progress=bar)
+        print(f"pushed {stats.samples} samples in {stats.chunks} chunks ({stats.loops} loops), "
+              f"late p50 {stats.late_p50_s * 1e3:.3f} ms, p99 {stats.late_p99_s * 1e3:.3f} ms", flush=True)
+        if args.hold > 0:
+            stop.wait(args.hold)
     return 0
+
+
+def wait_for_consumer(player, timeout: float, stop: threading.Event) -> bool:
+    """Wait up to ``timeout`` s for an inlet on ``player``'s sEMG stream, in short slices so that
+    ``stop`` (SIGTERM/Ctrl-C) is honoured promptly. True once a consumer is connected."""
+    end = time.monotonic() + timeout
+    while not stop.is_set():
+        left = end - time.monotonic()
+        if player.have_consumers(min(max(left, 0.0), 0.2)):
+            return True
+        if left <= 0:
+            return False
+    return False

@@ -26,7 +26,22 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--checkpoint", metavar="P", help="Lag-Llama checkpoint for the forecaster (default: its own)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
     p.add_argument("--resolve-timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the stream (default 5)")
+    p.add_argument("--spin-us", type=float, default=300.0, metavar="US",
+                   help="spin-then-block inlet wait window in µs (default 300; 0: always block)")
+    p.add_argument("--cpus", default="", metavar="N,..", help="pin the hot path to these CPUs (an attempt; reported)")
+    p.add_argument("--rt-priority", type=int, metavar="P",
+                   help="SCHED_FIFO priority 1-99 for the hot path (an attempt; don't combine with spinning)")
     p.set_defaults(func=run)
+
+
+def _hints(args: argparse.Namespace) -> dict | None:
+    """The OS hints asked for on the command line, as :func:`rt.realtime.apply_hints` keywords."""
+    hints: dict = {}
+    if args.cpus:
+        hints["cpus"] = {int(c) for c in args.cpus.split(",") if c.strip()}
+    if args.rt_priority is not None:
+        hints["fifo_priority"] = args.rt_priority
+    return hints or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         r = run_live(args.name, args.model, config_path=args.config, publish=args.publish,
                      engine_kind=args.engine, forecaster=not args.no_forecaster,
                      forecast_publish=args.forecast_publish, checkpoint=args.checkpoint,
-                     duration=args.duration, stop=stop, resolve_timeout=args.resolve_timeout)
+                     duration=args.duration, stop=stop, resolve_timeout=args.resolve_timeout,
+                     spin_s=args.spin_us * 1e-6, hints=_hints(args))
     except (ValueError, OSError, LookupError, RuntimeError) as exc:
         print(f"exoloop run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
