@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", type=int, nargs="+", default=[1, 10, 50],
                    help="chunk sizes for the latency runs (default 1 10 50: sample, player chunk, hop)")
     p.add_argument("--latency-seconds", type=float, default=5.0, help="seconds per latency case (default 5)")
-    p.add_argument("--json", default="bench/results/lsl.json", help="report path (Markdown and PNG beside it)")
+    p.add_argument("--json", default="bench/out/lsl.json", help="report path (Markdown and PNG beside it)")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
     channels, fs = list(cfg.stream.channels), cfg.stream.fs
