@@ -157,3 +157,16 @@ def align_series(t_dst: np.ndarray, t_src: np.ndarray, values: np.ndarray, max_g
         out[inside, k] = np.interp(t_dst[inside], t_src, values[:, k])
         out[exact, k] = values[nearest[exact], k]
     return out
+
+
+def read_lines(path: Path, encoding: str = "utf-8") -> tuple[list[str], bool]:
+    """The text lines of ``path`` and whether the last one ended with a newline (a file cut
+    mid-line does not); ``RecordingError`` naming the file for an empty one."""
+    text = path.read_text(encoding=encoding, errors="replace")
+    if not text.strip():
+        raise RecordingError(f"{path}:1: empty file")
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    if complete:
+        lines.pop()
+    return lines, complete

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.config import Config
-from rt.recordings.recording import Recording, RecordingError, label_key
+from rt.recordings.recording import Recording, RecordingError, label_key, read_lines
 
 _TIME_KEYS = {"time", "times", "t", "timestamp", "times"}
 _UNIT_RE = re.compile(r"^(.*?)\s*[\(\[]\s*([^\)\]]*)\s*[\)\]]\s*$")
@@ -81,13 +81,7 @@ def _split_unit(header: str) -> tuple[str, str]:
 
 def _read_table(path: Path, min_cols: int = 1) -> tuple[list[str], np.ndarray, list[str]]:
     """Header names and float64[n, k] rows of a CSV; a final line cut mid-line is dropped."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    if not text.strip():
-        raise RecordingError(f"{path}:1: empty file")
-    lines = text.split("\n")
-    complete = text.endswith("\n")
-    if complete:
-        lines.pop()
+    lines, complete = read_lines(path, encoding="utf-8-sig")
     header = [h for h in lines[0].rstrip("\r").split(",")]
     ncol = len(header)
     if ncol < min_cols:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rt.recordings.recording import Recording, RecordingError, label_key
+from rt.recordings.recording import Recording, RecordingError, label_key, read_lines
 
 #: The dataset's sampling rate (Datalog MWX8 at 1000 Hz; the files' headers do not state it).
 UCI_FS = 1000.0
@@ -76,13 +76,7 @@ def _parse_header(lines: list[str], path: Path) -> tuple[list[tuple[str, str, in
 
 def read_uci(path: Path) -> Recording:
     """Read one UCI lower-limb file; sEMG in mV, the knee angle as target ``knee_flexion`` (deg)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise RecordingError(f"{path}:1: empty file")
-    lines = text.split("\n")
-    ends_with_newline = text.endswith("\n")
-    if ends_with_newline:
-        lines.pop()
+    lines, ends_with_newline = read_lines(path)
     columns, first = _parse_header(lines, path)
     ncol = len(columns)
     labels = [_BY_KEY.get(label_key(c[0]), c[0]) for c in columns]
