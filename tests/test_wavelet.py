@@ -4,6 +4,11 @@ Reference rule: ``pywt.WaveletPacket(..., mode="periodization")``, soft threshol
 at ``level`` except the approximation leaf ``'a' * level``, ``reconstruct``. The streaming
 output for sample n with lookahead D must equal that rule applied to the input truncated
 after sample n + D (zeros beyond and before the start).
+
+The kernel computes in float32 (the references here are float64), so its outputs are compared
+with ``f32_atol(x)``: 1e-5 of the signal's largest magnitude. Expected rounding is ~1e-7 of it
+per multiply-add, accumulated over sums of a few hundred terms (1e-6 seen); every effect the
+tests check (threshold, lookahead error) is >= 1e-4.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from rt.recordings import load_recording
 
 WAVELET = "db7"
 THRESHOLD = 0.08
+
+
+def f32_atol(x: np.ndarray) -> float:
+    """Absolute tolerance for the float32 kernel against a float64 reference on signal ``x``."""
+    return 1e-5 * float(np.abs(x).max())
 
 
 def pywt_denoise(x: np.ndarray, level: int, threshold: float = THRESHOLD) -> np.ndarray:
@@ -99,7 +109,7 @@ def test_leaf_functions_are_pywt_synthesis_of_unit_coefficients(level):
 
 @pytest.mark.parametrize("level", [2, 4, 8])
 def test_exact_lookahead_equals_offline_pywt_on_recording(recording, level):
-    """lookahead = (2**L - 1)(F - 1): equals the offline periodized denoise away from its wrap; 1e-9."""
+    """lookahead = (2**L - 1)(F - 1): equals the offline periodized denoise away from its wrap; f32_atol."""
     rng = np.random.default_rng(level)
     x = recording[: recording.shape[0] // 256 * 256]
     den = StreamingWaveletDenoiser(4, WAVELET, level, THRESHOLD, 0)
@@ -108,12 +118,12 @@ def test_exact_lookahead_equals_offline_pywt_on_recording(recording, level):
     ref = pywt_denoise(x, level)
     interior = slice(m - 1, x.shape[0] - m + 1)  # no wrap-around, no start-up
     assert interior.stop - interior.start > 1000
-    np.testing.assert_allclose(y[interior], ref[interior], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(y[interior], ref[interior], rtol=0, atol=f32_atol(x))
     assert np.abs(ref[interior] - x[interior]).max() > 0.01  # the threshold really changed the signal
 
 
 def test_exact_lookahead_equals_offline_on_every_bundled_recording(uci_files):
-    """Level 4, exact lookahead, 50-sample chunks: every bundled recording, away from the wrap; 1e-9."""
+    """Level 4, exact lookahead, 50-sample chunks: every bundled recording, away from the wrap; f32_atol."""
     assert len(uci_files) >= 5
     for path in uci_files:
         x = load_recording(path).samples.astype(np.float64)
@@ -122,12 +132,12 @@ def test_exact_lookahead_equals_offline_on_every_bundled_recording(uci_files):
         d = StreamingWaveletDenoiser(4, WAVELET, 4, THRESHOLD, 0).exact_lookahead
         y = stream(x, 4, d, [50] * (x.shape[0] // 50) + [x.shape[0] % 50])
         interior = slice(d, x.shape[0] - d)
-        np.testing.assert_allclose(y[interior], pywt_denoise(x, 4)[interior], rtol=0, atol=1e-9, err_msg=path.name)
+        np.testing.assert_allclose(y[interior], pywt_denoise(x, 4)[interior], rtol=0, atol=f32_atol(x), err_msg=path.name)
 
 
 @pytest.mark.parametrize(("level", "lookahead"), [(3, 0), (3, 17), (5, 50), (5, 200)])
 def test_short_lookahead_equals_truncated_block_rule(recording, level, lookahead):
-    """Every sample (random signal) / every 11th (recording) equals pywt on the truncated input; 1e-12."""
+    """Every sample (random signal) / every 11th (recording) equals pywt on the truncated input; f32_atol."""
     rng = np.random.default_rng(7)
     m = StreamingWaveletDenoiser(1, WAVELET, level, THRESHOLD, 0).exact_lookahead + 1
     noise = 0.2 * rng.standard_normal(300)
@@ -135,7 +145,7 @@ def test_short_lookahead_equals_truncated_block_rule(recording, level, lookahead
     for x, samples in ((noise, range(0, 300 - lookahead)), (real, range(0, 1500 - lookahead, 11))):
         y = stream(x, level, lookahead, random_chunks(rng, x.shape[0]))[:, 0]
         ref = np.array([truncated_reference(x, n, lookahead, level, m) for n in samples])
-        np.testing.assert_allclose(y[list(samples)], ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(y[list(samples)], ref, rtol=0, atol=f32_atol(x))
 
 
 @pytest.mark.parametrize(("level", "lookahead"), [(4, 0), (4, 30), (6, 100), (8, 400)])
@@ -177,7 +187,7 @@ def test_error_against_exact_within_derived_bound(recording, level, lookahead):
                 tail = np.arange(max(n + lookahead + 1, a), a + f.size)
                 bound += abs(f[n - a]) * np.abs(x[tail] * f[tail - a]).sum()
                 a += step
-        assert abs(y[n] - y_exact[n]) <= bound + 1e-12
+        assert abs(y[n] - y_exact[n]) <= bound + 2 * f32_atol(x)  # both outputs carry float32 rounding
         checked += 1
     assert checked > 20
     if lookahead < exact_d // 4:
@@ -216,7 +226,7 @@ def test_chunking_invariance_on_recording_one_sample_at_a_time(recording):
 
 @pytest.mark.parametrize(("level", "lookahead"), [(1, 0), (2, 5), (4, 33), (6, 0), (8, 257)])
 def test_threshold_zero_reproduces_delayed_input(recording, level, lookahead):
-    """Threshold 0: out[i] == x[i - D] to 1e-9 for any lookahead (partial sums still reconstruct); 0 before."""
+    """Threshold 0: out[i] == x[i - D] to f32_atol for any lookahead (partial sums still reconstruct); 0 before."""
     rng = np.random.default_rng(level)
     for x in (recording[:3000], rng.standard_normal((2000, 2))):
         x = np.ascontiguousarray(x)
@@ -224,7 +234,7 @@ def test_threshold_zero_reproduces_delayed_input(recording, level, lookahead):
         out = np.empty_like(x)
         den.process(x, out)
         assert np.all(out[:lookahead] == 0.0)
-        np.testing.assert_allclose(out[lookahead:], x[: x.shape[0] - lookahead], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(out[lookahead:], x[: x.shape[0] - lookahead], rtol=0, atol=f32_atol(x))
 
 
 def test_reset_and_warmup_restart_the_stream(recording):
