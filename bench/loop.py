@@ -18,11 +18,11 @@ scipy/PyWavelets, which is slower). The seed's way runs in the idle condition on
 ``--seed-everywhere`` (it saturates a core and would make the other cells meaningless).
 
 ``--tuning``: instead, cells of the compiled loop in one condition with one change each
-(:data:`TUNINGS`: ``ipc://``, the spin-then-block wait, SCHED_FIFO, pinning, nice) against tcp
-+ blocking wait, interleaved over rounds; see docs/loop.md "Latency tuning".
+(:mod:`bench.loop_tuning`: ``ipc://``, the spin-then-block wait, SCHED_FIFO, pinning, nice) against
+tcp + blocking wait, interleaved over rounds; see docs/loop.md "Latency tuning".
 
 Offline part: ``replay --fast`` throughput (× real time) and the loop's per-hop processing
-time (chunk arrival → ``pred`` sent), compiled vs eager, in this process.
+time (chunk arrival → ``pred`` sent), compiled vs eager, in this process. Plots: :mod:`bench.loop_plots`.
 
 ``--profile siat_llmd`` has no bundled data or model: a synthetic 9-channel recording
 (:func:`bench.synth.synth_emg`) and a random-weight bundle stand in (stated in the report).
@@ -40,11 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bench.loop_tuning import Tuning
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDITIONS = ("idle", "forecaster", "stress")
@@ -119,46 +121,6 @@ class SeedEngine:
             for i in range(0, x.shape[1], self.ctx):  # the model's longest forward; state carried
                 z, state = self.model(x[:, i:i + self.ctx], state)
             return self.model.to_units(z[0, -1]).numpy().astype(np.float32)
-
-
-# -- changes tried by --tuning ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Tuning:
-    """One change to the loop process. Defaults: tcp, blocking wait, no OS hints; ``spin_us=None``:
-    :func:`rt.runner.run_live`'s own default (the loop as ``exoloop run`` runs it)."""
-
-    name: str
-    ipc: bool = False                 # publish on ipc:// instead of tcp://127.0.0.1
-    spin_us: float | None = 0.0       # Loop spin_s: spin-then-block inlet wait (0: blocking)
-    cpus: tuple[int, ...] = ()        # pin the hot-path threads (rt.realtime.apply_hints)
-    fifo: int | None = None           # SCHED_FIFO priority of the hot-path threads
-    nice: int | None = None           # niceness of the hot-path threads
-    timer_slack_ns: int | None = None
-    notes: tuple[str, ...] = field(default=(), compare=False)
-
-    def child_args(self) -> list[str]:
-        args = ["--spin-us", str(self.spin_us)] if self.spin_us is not None else []
-        args += ["--cpus", ",".join(map(str, self.cpus))] if self.cpus else []
-        args += ["--fifo", str(self.fifo)] if self.fifo is not None else []
-        args += ["--nice", str(self.nice)] if self.nice is not None else []
-        return args + (["--timer-slack-ns", str(self.timer_slack_ns)] if self.timer_slack_ns is not None else [])
-
-
-#: One change at a time against the first (the loop as before this tuning: tcp, blocking wait), same
-#: run, interleaved rounds; then combinations (the last one is a trap: the spinning hot thread and
-#: liblsl's receiver thread at the same FIFO priority on one core — the receiver waits for the spin).
-TUNINGS = (
-    Tuning("tcp, blocking wait"),
-    Tuning("ipc", ipc=True),
-    Tuning("spin 300us", spin_us=300.0),
-    Tuning("fifo 50", fifo=50),
-    Tuning("pin core 0", cpus=(0,)),
-    Tuning("nice -10", nice=-10),
-    Tuning("spin 300us + fifo 50", spin_us=300.0, fifo=50),
-    Tuning("spin 300us + pin core 0", spin_us=300.0, cpus=(0,)),
-    Tuning("spin 300us + fifo 50 + pin core 0", spin_us=300.0, fifo=50, cpus=(0,)),
-)
 
 
 # -- the loop process ---------------------------------------------------------------------------
@@ -237,6 +199,7 @@ def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: flo
     import pylsl
     import zmq
 
+    from bench.loop_tuning import Tuning
     from rt import schema
 
     env = dict(os.environ)
@@ -380,7 +343,7 @@ def prepare(profile: str, workdir: Path, model: str | None) -> tuple[Path, Path,
 PARTS = ("player late", "lsl", "frontend", "step", "publish", "zmq")
 
 
-def _parts(cell: dict[str, Any]) -> dict[str, float]:
+def stage_parts(cell: dict[str, Any]) -> dict[str, float]:
     """Median per part (ms), end to end: the player's lateness (pushed − due; inside the sample's
     age), LSL (age − front end − step − player lateness: transport and the loop's wake-up),
     front end, step, publish (encode + send), ZeroMQ (receive − t_pub − publish)."""
@@ -393,59 +356,14 @@ def _parts(cell: dict[str, Any]) -> dict[str, float]:
             "publish": pb, "zmq": max(tr - pb, 0.0)}
 
 
-def _pct(v_ms: np.ndarray) -> dict[str, float]:
+def percentiles(v_ms: np.ndarray) -> dict[str, float]:
     if v_ms.size == 0:
         return {k: float("nan") for k in ("p50", "p90", "p99", "p99.9", "max")}
     q = np.percentile(v_ms, [50, 90, 99, 99.9])
     return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "p99.9": float(q[3]), "max": float(v_ms.max())}
 
 
-def _plots(cells: dict[tuple[str, str], dict[str, Any]], out: Path, budget_ms: float) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    conds = [c for c in CONDITIONS if any(k[0] == c for k in cells)]
-    fig, axes = plt.subplots(1, len(conds), figsize=(5 * len(conds), 4), squeeze=False, sharey=True)
-    for ax, c in zip(axes[0], conds):
-        for v in VARIANTS:
-            if (c, v) in cells and cells[(c, v)]["e2e"].size:
-                e = np.sort(1e3 * cells[(c, v)]["e2e"])
-                ax.step(e, np.arange(1, e.size + 1) / e.size, where="post", label=v)
-        ax.axvline(budget_ms, color="r", ls="--", lw=0.8, label=f"budget {budget_ms:g} ms")
-        ax.set_xscale("log")
-        ax.set_title(c)
-        ax.set_xlabel("end-to-end latency (ms)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0, 0].set_ylabel("fraction of predictions")
-    fig.tight_layout()
-    cdf = out / "loop_cdf.png"
-    fig.savefig(cdf, dpi=100)
-    plt.close(fig)
-
-    keys = [k for k in cells if k[1] != "seed"]  # the seed's way (seconds, all in the model) is in the table
-    if not keys:
-        return [cdf]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
-    bottom = np.zeros(len(keys))
-    for part in PARTS:
-        h = np.array([cells[k]["parts_ms"][part] for k in keys])
-        ax.bar(range(len(keys)), h, bottom=bottom, label=part)
-        bottom += h
-    ax.set_xticks(range(len(keys)), [f"{c}\n{v}" for c, v in keys], fontsize=8)
-    ax.set_ylabel("median per part (ms)")
-    ax.set_title("where the time goes (medians; the seed's way is in the table)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    bars = out / "loop_stages.png"
-    fig.savefig(bars, dpi=100)
-    plt.close(fig)
-    return [cdf, bars]
-
-
-def _checkpoint(checkpoint: str | None) -> Path:
+def forecaster_checkpoint(checkpoint: str | None) -> Path:
     """The forecaster's checkpoint: given, else the bundled one, else the test suite's tiny one."""
     ckpt = Path(checkpoint) if checkpoint else ROOT / "data" / "models" / "lagllama-exoloop.ckpt"
     return ckpt if ckpt.exists() else ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
@@ -459,13 +377,14 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
     """Run the benchmark; write ``loop.json``, ``loop.md``, ``loop_cdf.png``, ``loop_stages.png`` to ``out``."""
     from tqdm import tqdm
 
+    from bench.loop_plots import plot_cells
     from bench.report import result, write_report
     from kernels.config import load_config
 
     config = load_config(profile)
     budget = budget_ms or config.loop.budget_ms
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = _checkpoint(checkpoint)
+    ckpt = forecaster_checkpoint(checkpoint)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         work = Path(tmp)
@@ -492,17 +411,17 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
     for (c, v), cell in cells.items():
         e = 1e3 * cell["e2e"]
         st = cell["stages_ms"]
-        cell["parts_ms"] = _parts(cell)
+        cell["parts_ms"] = stage_parts(cell)
         base = cells.get((c, "eager")) if v == "compiled" else None
         entry = result("loop", f"{profile}/{c}/{v}", "e2e_ms", "ms", e if e.size else [np.nan],
                        baseline=("eager step", 1e3 * base["e2e"]) if base is not None and base["e2e"].size else None,
-                       **_pct(e), deadline_budget_ms=budget, deadline_misses=int((e > budget).sum()),
+                       **percentiles(e), deadline_budget_ms=budget, deadline_misses=int((e > budget).sum()),
                        stages_p50_ms=cell["parts_ms"], loop_stages_ms=st, received=cell["n_total"])
         results.append(entry)
         if v == "compiled" and (c, "seed") in cells and cells[(c, "seed")]["e2e"].size:
             results.append(result("loop", f"{profile}/{c}/compiled", "e2e_ms_vs_seed", "ms", e,
                                   baseline=("seed's way (1926 frames recomputed)", 1e3 * cells[(c, "seed")]["e2e"])))
-    pngs = _plots(cells, out, budget) if cells else []
+    pngs = plot_cells(cells, out, budget) if cells else []
     notes.append(f"End-to-end latency = subscriber receive time − LSL timestamp of the newest sample in the "
                  f"window (LSL clock, one host); first {skip:g} s of each cell skipped. Deadline budget "
                  f"{budget:g} ms (config loop.budget_ms unless --budget-ms). Live cells: {duration:g} s "
@@ -513,73 +432,6 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
     notes.append(_table(results))
     notes.extend(f"![{p.stem}]({p.name})" for p in pngs)
     return write_report(results, out / "loop.json", title=f"exoloop bench loop ({profile})", notes="\n\n".join(notes))
-
-
-def run_tuning(profile: str = "siat_llmd", duration: float = 10.0, skip: float = 2.0, rounds: int = 2,
-               tunings: tuple[Tuning, ...] = TUNINGS, model: str | None = None,
-               out: Path = ROOT / "bench" / "out" / "loop_tuning", progress: bool = True,
-               condition: str = "idle", checkpoint: str | None = None) -> dict[str, Any]:
-    """Cells of the compiled loop in ``condition``, one per change in ``tunings``, interleaved over
-    ``rounds`` rounds (so slow drifts of a shared machine hit every change alike); the first is
-    the baseline. Writes ``loop_tuning.json`` + ``.md`` to ``out``."""
-    from tqdm import tqdm
-
-    from bench.report import result, write_report
-
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = _checkpoint(checkpoint)
-    e2e: dict[str, list[np.ndarray]] = {t.name: [] for t in tunings}
-    cells: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tunings}
-    with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
-        work = Path(tmp)
-        rec, bundle, notes = prepare(profile, work, model)
-        bar = tqdm(total=rounds * len(tunings), desc=f"bench loop --tuning {profile}", disable=not progress)
-        for _ in range(rounds):
-            for t in tunings:
-                bar.set_postfix_str(t.name)
-                cell = run_cell(rec, bundle, condition, "compiled", duration, skip, ckpt, work, t)
-                e2e[t.name].append(1e3 * cell["e2e"])
-                cells[t.name].append(cell)
-                bar.update()
-        bar.close()
-    base = tunings[0].name
-    base_cpu = np.nanmean([c["cpu_s"] for c in cells[base]])
-    results = []
-    for t in tunings:
-        e = np.concatenate(e2e[t.name])
-        cs = cells[t.name]
-        parts = {k: float(np.mean([_parts(c)[k] for c in cs])) for k in PARTS}
-        results.append(result(
-            "loop", f"{profile}/tuning/{condition}/{t.name}", "e2e_ms", "ms", e,
-            baseline=(base, np.concatenate(e2e[base])) if t.name != base else None, **_pct(e),
-            rounds_p50_ms=[float(np.median(x)) for x in e2e[t.name]],
-            rounds_p99_ms=[float(np.percentile(x, 99)) for x in e2e[t.name]],
-            extra_cpu_pct=100 * (np.nanmean([c["cpu_s"] for c in cs]) - base_cpu) / (duration + skip),
-            hints=cs[-1]["hints"], stages_p50_ms=parts))
-    rows = ["| change | p50 | p99 | p50 per round | p99 per round | ratio p50 | extra CPU | OS answer |",
-            "|---|---:|---:|---|---|---:|---:|---|"]
-    for r in results:
-        answer = "; ".join(f"{k}: {v}" for k, v in r["hints"].items()) or "—"
-        rows.append(f"| {r['case'].rsplit('/', 1)[1]} | {r['p50']:.3f} | {r['p99']:.3f} | "
-                    f"{', '.join(f'{x:.3f}' for x in r['rounds_p50_ms'])} | "
-                    f"{', '.join(f'{x:.2f}' for x in r['rounds_p99_ms'])} | "
-                    f"{r['ratio']:.2f}× | {r['extra_cpu_pct']:+.1f} % | {answer} |"
-                    if r.get("ratio") else
-                    f"| {r['case'].rsplit('/', 1)[1]} | {r['p50']:.3f} | {r['p99']:.3f} | "
-                    f"{', '.join(f'{x:.3f}' for x in r['rounds_p50_ms'])} | "
-                    f"{', '.join(f'{x:.2f}' for x in r['rounds_p99_ms'])} | — | — | {answer} |")
-    srows = ["| change | " + " | ".join(PARTS) + " |", "|---|" + "---:|" * len(PARTS)]
-    for r in results:
-        srows.append(f"| {r['case'].rsplit('/', 1)[1]} | "
-                     + " | ".join(f"{r['stages_p50_ms'][k]:.3f}" for k in PARTS) + " |")
-    notes.append(f"Condition {condition}, compiled loop, {duration:g} s per cell after {skip:g} s skipped, {rounds} "
-                 f"interleaved round(s); end-to-end latency in ms; ratio = p50 of '{base}' / p50 of the "
-                 f"change (> 1: faster). Extra CPU: the loop process's CPU time minus that of '{base}', "
-                 f"per second of cell.")
-    notes.append("\n".join(rows))
-    notes.append("Where the time goes (medians, ms; see `exoloop bench loop --help`):\n\n" + "\n".join(srows))
-    return write_report(results, out / "loop_tuning.json", title=f"exoloop bench loop --tuning ({profile})",
-                        notes="\n\n".join(notes))
 
 
 def _table(results: list[dict[str, Any]]) -> str:
@@ -596,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_child"]:
         return _child(argv[1:])
+    from bench.loop_tuning import TUNINGS, run_tuning
+
     p = argparse.ArgumentParser(prog="exoloop bench loop", description=(
         "End-to-end latency player -> loop -> subscriber (separate processes, real LSL and ZeroMQ) for "
         "the conditions idle / forecaster / stress and the variants compiled / eager / seed, side by side; "
