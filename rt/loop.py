@@ -137,8 +137,9 @@ class Loop:
         self.engine.reset()
 
     def status(self, now: float) -> dict[str, Any]:
-        """The ``status`` fields: schema v1 plus ``connected``, ``reconnects``, ``delay_s``,
-        ``stages_ms``, ``publish_dropped``, ``nonfinite_steps``, ``flagged``."""
+        """The ``status`` fields: schema v1 plus ``connected``, ``reconnects``, ``lag_s``,
+        ``backlog``, ``delay_s``, ``stages_ms``, ``publish_dropped``, ``nonfinite_steps``,
+        ``flagged``."""
         st = getattr(self.source, "stats", None)
         h = self.times["age" if self.source_clock_local else "hop"]
         p50, p99 = h.percentiles((50.0, 99.0))
@@ -157,6 +158,8 @@ class Loop:
             "samples_dropped": int(getattr(st, "samples_dropped", 0)),
             "gaps": int(getattr(st, "gaps", 0)),
             "connected": bool(getattr(st, "connected", True)),
+            "lag_s": float(getattr(st, "lag_s", 0.0)),  # back-pressure: how far behind the stream we read
+            "backlog": int(getattr(st, "backlog", 0)),  # samples still queued in the inlet at the last pull
             "reconnects": int(getattr(st, "reconnects", 0)),
             "latency_ms": {"p50": 1e3 * p50, "p99": 1e3 * p99, "max": 1e3 * h.max,
                            "measure": "age" if self.source_clock_local else "hop"},

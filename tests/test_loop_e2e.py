@@ -166,6 +166,9 @@ def test_1_player_to_loop_to_subscriber_equals_offline_replay(setup, live):
     assert [m["flags"] for m in preds] == fr.flags.tolist()
     assert all(m["t_pub"] >= m["t_src"] for m in preds)
     _wait(lambda: "active" in _modes(live["events"]), 10, "controller active")
+    # back-pressure is visible: while the stream ran, the loop kept up (read close to real time)
+    kept_up = [s for s in col.status if 0 < s["hops"] and s["t_pub"] <= preds[-1]["t_pub"]]
+    assert kept_up and all(abs(s["lag_s"]) < 1.0 and s["backlog"] >= 0 for s in kept_up)
 
 
 def test_2_player_restart_recovers_and_forecaster_kill_leaves_no_gap(setup, live):
