@@ -151,7 +151,7 @@ def run(profiles: list[str], hops: int, baseline_hops: int) -> list[dict]:
             delay_samples=fe.delay_samples, target_us=100.0 if profile == "siat_llmd" and wav else None,
         ))  # fmt: skip
         if wav:
-            a, b = np.zeros((hop, cfg.stream.n_channels)), np.zeros((hop, cfg.stream.n_channels))
+            a, b = np.zeros((hop, cfg.stream.n_channels)), np.zeros((fe.wavelet.max_rows(hop), cfg.stream.n_channels))
             results.append(result("frontend", case, "wavelet_hop_us", "us",
                                   timings(lambda: fe.wavelet.process(a, b), hops, warmup=50),
                                   stage="wavelet denoiser alone"))  # fmt: skip

@@ -8,7 +8,10 @@ For every (level, lookahead) row:
   once against the offline denoise at the *same* level (the lookahead's approximation error)
   and once against the offline denoise at the dataset's level 8 (distance from the paper's
   processing). The offline reference zero-pads the signal (no periodic wrap-around), and all
-  rows are scored on the same samples: each file minus its last ``max lookahead`` samples.
+  rows are scored on the same samples: each file minus its last ``max lookahead + hop``
+  samples. The streaming denoiser runs on the front end's hop grid (``hop`` of the paper
+  profile, blocks closing every ``hop`` samples): the lookahead column is the newest sample's
+  lookahead ``D``; older samples of a block see up to ``D + hop - 1``.
 * cost: wall time per 50-sample hop for 9 channels (the paper profile), median and p99, side
   by side with the straightforward per-hop PyWavelets path (decompose the last block,
   threshold, reconstruct, every hop).
@@ -72,12 +75,12 @@ def offline_denoise(x: np.ndarray, wavelet: str, level: int, threshold: float, p
     return wp.reconstruct(update=False)[front : front + x.shape[0]]
 
 
-def stream_denoise(x: np.ndarray, wavelet: str, level: int, threshold: float, lookahead: int) -> np.ndarray:
-    """Streaming denoise of ``x`` float64[n, C], realigned: row i is sample i (valid for i < n - lookahead)."""
-    den = StreamingWaveletDenoiser(x.shape[1], wavelet, level, threshold, lookahead)
-    out = np.empty_like(x)
-    den.process(x, out)
-    return out[lookahead:]
+def stream_denoise(x: np.ndarray, wavelet: str, level: int, threshold: float, lookahead: int, hop: int) -> np.ndarray:
+    """Streaming denoise of ``x`` float64[n, C] on a ``hop`` grid, realigned: row i is sample i
+    (every sample whose block closed: at least ``n - lookahead - hop + 1``)."""
+    den = StreamingWaveletDenoiser(x.shape[1], wavelet, level, threshold, lookahead, hop)
+    out = np.empty((den.max_rows(x.shape[0]), x.shape[1]))
+    return out[lookahead : den.process(x, out)]
 
 
 def _relative_rms(errors: list[np.ndarray], refs: list[np.ndarray]) -> float:
@@ -88,21 +91,21 @@ def _relative_rms(errors: list[np.ndarray], refs: list[np.ndarray]) -> float:
 
 def lookahead_grid(level: int, wavelet: str, grid: tuple[int, ...] = LOOKAHEADS) -> list[int]:
     """The grid values below the exact lookahead of ``level``, then the exact lookahead itself."""
-    exact = StreamingWaveletDenoiser(1, wavelet, level, 0.0, 0).exact_lookahead
+    exact = StreamingWaveletDenoiser(1, wavelet, level, 0.0, 0, 1).exact_lookahead
     return [d for d in grid if d < exact] + [exact]
 
 
 def error_table(
     signals: list[np.ndarray], levels: list[int], wavelet: str, threshold: float, reference_level: int,
-    grid: tuple[int, ...] = LOOKAHEADS,
+    hop: int, grid: tuple[int, ...] = LOOKAHEADS,
 ) -> list[dict[str, Any]]:
     """Rows ``{level, lookahead, exact, rel_rms_same_level, rel_rms_vs_reference}`` (+ a passthrough row)."""
     rows_spec = [(lv, d) for lv in levels for d in lookahead_grid(lv, wavelet, grid)]
-    tail = max(d for _, d in rows_spec)
+    tail = max(d for _, d in rows_spec) + hop
     signals = [s for s in signals if s.shape[0] > tail + 1]
     if not signals:
         raise ValueError(f"no recording is longer than the largest lookahead ({tail} samples)")
-    pad = StreamingWaveletDenoiser(1, wavelet, max(levels + [reference_level]), 0.0, 0).exact_lookahead + 1
+    pad = StreamingWaveletDenoiser(1, wavelet, max(levels + [reference_level]), 0.0, 0, 1).exact_lookahead + 1
     scored = [slice(0, s.shape[0] - tail) for s in signals]
     ref = [offline_denoise(s, wavelet, reference_level, threshold, pad)[k] for s, k in zip(signals, scored)]
     rows = [{
@@ -113,8 +116,8 @@ def error_table(
     for level, d in tqdm(rows_spec, desc="wavelet error", unit="row"):
         if level not in offline:
             offline[level] = [offline_denoise(s, wavelet, level, threshold, pad)[k] for s, k in zip(signals, scored)]
-        ys = [stream_denoise(s, wavelet, level, threshold, d)[k] for s, k in zip(signals, scored)]
-        exact = d >= StreamingWaveletDenoiser(1, wavelet, level, 0.0, 0).exact_lookahead
+        ys = [stream_denoise(s, wavelet, level, threshold, d, hop)[k] for s, k in zip(signals, scored)]
+        exact = d >= StreamingWaveletDenoiser(1, wavelet, level, 0.0, 0, 1).exact_lookahead
         rows.append({
             "level": level, "lookahead": d, "exact": exact,
             "rel_rms_same_level": _relative_rms([y - o for y, o in zip(ys, offline[level])], offline[level]),
@@ -124,7 +127,8 @@ def error_table(
 
 
 def _pywt_hop(block: np.ndarray, wavelet: str, level: int, threshold: float, lookahead: int, hop: int) -> np.ndarray:
-    """Baseline: denoise the whole block (newest sample last, zeros after), return its last hop outputs."""
+    """Baseline: denoise the whole block (newest sample last, zeros after), return its last hop outputs
+    (the same hop-grid rule as the streaming kernel)."""
     wp = pywt.WaveletPacket(block, wavelet, mode="periodization", maxlevel=level, axis=0)
     for node in wp.get_level(level, "natural"):
         if node.path != "a" * level:
@@ -137,7 +141,7 @@ def _pywt_hop(block: np.ndarray, wavelet: str, level: int, threshold: float, loo
 def hop_pad(wavelet: str, level: int) -> int:
     """Zeros appended after the newest sample in the baseline's block (no wrap-around)."""
     step = 1 << level
-    m = StreamingWaveletDenoiser(1, wavelet, level, 0.0, 0).exact_lookahead + 1
+    m = StreamingWaveletDenoiser(1, wavelet, level, 0.0, 0, 1).exact_lookahead + 1
     return -(-m // step) * step
 
 
@@ -146,10 +150,10 @@ def hop_costs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Wall times (us) per hop of ``n_channels`` channels: (streaming kernel, per-hop PyWavelets)."""
     rng = np.random.default_rng(level * 1000 + lookahead)
-    den = StreamingWaveletDenoiser(n_channels, wavelet, level, threshold, lookahead)
+    den = StreamingWaveletDenoiser(n_channels, wavelet, level, threshold, lookahead, hop)
     den.warmup()
     x = np.ascontiguousarray(0.1 * rng.standard_normal((hop, n_channels)))
-    out = np.empty_like(x)
+    out = np.empty((den.max_rows(hop), n_channels))
     ours = timings(lambda: den.process(x, out), n)
     step = 1 << level
     m = den.exact_lookahead + 1
@@ -243,7 +247,7 @@ def run(
     uci = load_config("uci_lower_limb")
     rates = (cfg.stream.fs, uci.stream.fs)
     signals = [scale_maxabs(load_emg(f)) for f in files]
-    rows = error_table(signals, levels, w.wavelet, w.threshold, 8, grid)
+    rows = error_table(signals, levels, w.wavelet, w.threshold, 8, hop, grid)
     results = []
     for r in tqdm([r for r in rows if r["level"] > 0], desc="wavelet cost", unit="row"):
         n_base = max(10, hops // (4 << max(0, r["level"] - 4)))

@@ -5,7 +5,8 @@ Per channel, in order (see docs/frontend.md):
 1. inspection (:mod:`kernels.sanitize`): NaN/inf held, timestamps repaired, row flags;
 2. baseline removal (:mod:`kernels.baseline`, causal exponential running mean);
 3. max-abs scaling with the frozen ``NormStats.signal_maxabs``;
-4. streaming wavelet-packet denoiser (:mod:`kernels.wavelet`, if enabled; adds ``delay_samples``);
+4. streaming wavelet-packet denoiser (:mod:`kernels.wavelet`, if enabled; adds ``delay_samples``;
+   emits whole blocks of ``hop`` rows, each block ending on a frame row);
 5. Butterworth band-pass (+ notch) as SOS (:mod:`kernels.iir`);
 6. ring buffer → every ``hop`` samples once ``length`` are in: six features per channel
    (:mod:`kernels.features`; count thresholds are multiples of ``NormStats.signal_step``);
@@ -62,15 +63,22 @@ def _stage_in(
 
 @njit(cache=True)
 def _stage_out(
-    x, sos, sos_state, ring, count, hop, thr, feats, rows,
+    x, x_row, sos, sos_state, ring, count, hop, thr, feats, rows,
     row_flags, t_in, base_row, last_row, span, warmup_rows, lo, hi,
     out_t, out_features, out_flags,
 ):  # fmt: skip
-    """Band-pass → windows → features → scaling → frame flags; returns the number of frames."""
+    """Band-pass → windows → features → scaling → frame flags; returns the number of frames.
+
+    ``x`` float64[m, C]: the rows of the signal stream ``x_row .. x_row + m - 1``; ``row_flags``
+    and ``t_in`` [n]: the input rows ``base_row .. base_row + n - 1`` of this chunk. A frame's
+    newest row must be one of these input rows (the denoiser's blocks end on frame rows).
+    """
     sos_filter(x, sos, sos_state, x)
     k = push_windows(x, ring, count, hop, thr, feats, rows)
     scale_features(feats[:k], lo, hi, out_features[:k])
-    n = x.shape[0]
+    for j in range(k):
+        rows[j] += x_row - base_row  # chunk row of the frame's newest input row
+    n = row_flags.shape[0]
     n_bits = _WINDOW_BITS.shape[0]
     j = 0
     for i in range(n):
@@ -96,7 +104,9 @@ def _make_denoiser(config: Config):
     w = config.frontend.wavelet
     if not w.enabled:
         return None
-    return StreamingWaveletDenoiser(config.stream.n_channels, w.wavelet, w.level, w.threshold, w.lookahead)
+    win = config.frontend.window
+    return StreamingWaveletDenoiser(config.stream.n_channels, w.wavelet, w.level, w.threshold, w.lookahead,
+                                    win.hop, block_end=(win.length - 1) % win.hop)  # fmt: skip
 
 
 class FrontEnd:
@@ -131,7 +141,8 @@ class FrontEnd:
         self.thresholds = channel_thresholds(fe.features, self.stats.signal_step)
 
         #: algorithmic delay of the chain (samples): the denoiser's lookahead. Frame ``t`` is the
-        #: newest input sample's time; the signal in its window is this many samples older.
+        #: newest input sample's time; the newest signal sample in its window is this many
+        #: samples older (older window samples saw up to ``hop - 1`` more lookahead).
         self.delay_samples: int = int(self.wavelet.delay) if self.wavelet is not None else 0
         baseline_rows = int(np.ceil(fe.baseline.tau_s * s.fs)) if fe.baseline.method == "running_mean" else 0
         #: frames whose newest input row index is below this are flagged WARMUP.
@@ -151,6 +162,7 @@ class FrontEnd:
         self._count = np.zeros(1, dtype=np.int64)
         self._last_row = np.zeros(len(WINDOW_BITS), dtype=np.int64)
         self._rows_seen = 0
+        self._rows_out = 0  # rows of the (denoised) signal stream handed to the band-pass so far
         self._capacity = 0
         self._grow(max_chunk or max(int(s.fs), 4 * self.length))
         self.reset()
@@ -158,13 +170,13 @@ class FrontEnd:
     # -- buffers ------------------------------------------------------------------------------
 
     def _grow(self, n: int) -> None:
-        c, k = self.n_channels, frames_for(n, self.hop)
+        c, k = self.n_channels, frames_for(n + self.hop, self.hop)
         self._capacity = n
         self._raw = np.zeros((n, c), dtype=np.float32)
         self._t = np.zeros(n)
         self._t_out = np.zeros(n)
         self._a = np.zeros((n, c))
-        self._b = np.zeros((n, c))
+        self._b = np.zeros((n + self.hop, c))  # the denoiser may emit up to n + hop - 1 rows
         self._row_flags = np.zeros(n, dtype=np.uint32)
         self._feats = np.zeros((k, self.n_features))
         self._rows = np.zeros(k, dtype=np.int64)
@@ -184,13 +196,13 @@ class FrontEnd:
         n = self._condition(timestamps, samples)
         a = self._a[:n]
         if self.wavelet is not None:
-            self.wavelet.process(a, self._b[:n])
-            a = self._b[:n]
-        k = _stage_out(a, self.sos, self._sos_state, self._ring, self._count, self.hop, self.thresholds,
+            a = self._b[: self.wavelet.process(a, self._b)]
+        k = _stage_out(a, self._rows_out, self.sos, self._sos_state, self._ring, self._count, self.hop, self.thresholds,
                        self._feats, self._rows, self._row_flags[:n], self._t_out[:n], self._rows_seen,
                        self._last_row, self._span, self.warmup_samples, self._lo, self._hi,
                        self._out_t, self._out_features, self._out_flags)  # fmt: skip
         self._rows_seen += n
+        self._rows_out += a.shape[0]
         return Frames(self._out_t[:k], self._out_features[:k], self._out_flags[:k])
 
     def _condition(self, timestamps: np.ndarray, samples: np.ndarray) -> int:
@@ -223,6 +235,7 @@ class FrontEnd:
         self._count[:] = 0
         self._last_row[:] = -(1 << 62)
         self._rows_seen = 0
+        self._rows_out = 0
         if self.wavelet is not None:
             self.wavelet.reset()
 

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pywt
 from scipy import signal
 
 from kernels.config import Config
@@ -34,6 +35,44 @@ def without_wavelet(config: Config) -> Config:
     """A copy of ``config`` with ``frontend.wavelet.enabled = false``."""
     fe = config.frontend
     return dataclasses.replace(config, frontend=dataclasses.replace(fe, wavelet=dataclasses.replace(fe.wavelet, enabled=False)))
+
+
+def packet_denoise_np(x: np.ndarray, wavelet: str, level: int, threshold: float) -> np.ndarray:
+    """Offline packet denoise of x float64[n, C] (n a multiple of 2**level): periodized PyWavelets,
+    soft threshold on every leaf but the approximation leaf, reconstruction (wraps around)."""
+    wp = pywt.WaveletPacket(x, wavelet, mode="periodization", maxlevel=level, axis=0)
+    for node in wp.get_level(level, "natural"):
+        if node.path != "a" * level:
+            node.data = pywt.threshold(node.data, threshold, "soft")
+    return wp.reconstruct(update=False)[: x.shape[0]]
+
+
+def hop_grid_denoise_np(x: np.ndarray, wavelet: str, level: int, threshold: float, lookahead: int,
+                        hop: int, block_end: int) -> np.ndarray:  # fmt: skip
+    """The streaming denoiser's rule, offline: rows ``r`` float64[m, C] of a whole recording ``x``.
+
+    Input sample ``T`` with ``T % hop == block_end`` closes the block of rows ``T - hop + 1 .. T``;
+    row ``r`` is sample ``r - lookahead`` (0 before the start) of :func:`packet_denoise_np`
+    applied to ``x`` truncated after ``T`` (zeros beyond it and before sample 0). Each block is
+    denoised on a zero-padded excerpt that holds every sample its coefficients reach
+    (``M = (2**level - 1)(F - 1) + 1`` before its oldest output), starting on a multiple of
+    ``2**level`` so the coefficient grid is the recording's. Returns the rows of every closed block.
+    """
+    step = 1 << level
+    m = (step - 1) * (pywt.Wavelet(wavelet).dec_len - 1) + 1
+    pad = -(-m // step) * step
+    n = x.shape[0]
+    ends = np.arange(block_end, n, hop)
+    out = np.zeros((ends[-1] + 1 if ends.size else 0, x.shape[1]))
+    for end in ends:
+        first = end - hop + 1
+        start = max(0, (first - lookahead - m) // step * step)
+        z = np.zeros((pad + -(-(end + 1 - start + pad) // step) * step, x.shape[1]))
+        z[pad : pad + end + 1 - start] = x[start : end + 1]
+        y = packet_denoise_np(z, wavelet, level, threshold)
+        for r in range(max(first, lookahead), end + 1):
+            out[r] = y[pad + r - lookahead - start]
+    return out
 
 
 def running_mean_removed(x: np.ndarray, tau_s: float, fs: float) -> np.ndarray:

@@ -2,7 +2,7 @@
 scipy ``sosfilt``, NumPy feature formulas, scaling), fed in any chunking.
 
 Tolerance: 1e-5 absolute on the [-1, 1]-scaled float32 features (float32 rounding ~1e-7);
-chunking invariance is exact with the wavelet stage off and <= 1e-6 with it on.
+chunking invariance is exact (bit for bit), with and without the wavelet stage.
 """
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ import dataclasses
 
 import numpy as np
 import pytest
-from frontend_reference import frontend_np, read_uci_emg, semg_like_noise, without_wavelet
+from frontend_reference import (
+    frontend_np,
+    hop_grid_denoise_np,
+    read_uci_emg,
+    semg_like_noise,
+    without_wavelet,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import flags as fl
 from kernels.frontend import FrontEnd, fit_norm_stats, run_offline
 from kernels.normalize import NormStats
-from kernels.wavelet import StreamingWaveletDenoiser
 
 ATOL = 1e-5
 
@@ -36,17 +41,12 @@ def _random(cfg, n, seed):
 
 
 def _denoise(cfg):
-    w = cfg.frontend.wavelet
+    """The hop-grid denoise rule written with PyWavelets (blocks end on frame rows)."""
+    w, win = cfg.frontend.wavelet, cfg.frontend.window
     if not w.enabled:
         return None
-
-    def run(y):
-        out = np.empty_like(y)
-        StreamingWaveletDenoiser(y.shape[1], w.wavelet, w.level, w.threshold, w.lookahead).process(
-            np.ascontiguousarray(y), out)
-        return out
-
-    return run
+    return lambda y: hop_grid_denoise_np(y, w.wavelet, w.level, w.threshold, w.lookahead, win.hop,
+                                         (win.length - 1) % win.hop)  # fmt: skip
 
 
 def _chunks(fe, t, x, sizes):
@@ -99,7 +99,7 @@ def test_any_chunking_gives_the_same_frames(siat_config, uci_config, sizes, wave
     parts = _chunks(fe, t, x, sizes)
     np.testing.assert_array_equal(parts[0], whole[0])
     np.testing.assert_array_equal(parts[2], whole[2])
-    np.testing.assert_allclose(parts[1], whole[1], rtol=0, atol=0 if not wavelet else 1e-6)
+    np.testing.assert_array_equal(parts[1], whole[1])
 
 
 def test_frame_times_delay_and_warmup_flag(siat_config):

@@ -2,8 +2,9 @@
 
 Reference rule: ``pywt.WaveletPacket(..., mode="periodization")``, soft threshold on every leaf
 at ``level`` except the approximation leaf ``'a' * level``, ``reconstruct``. The streaming
-output for sample n with lookahead D must equal that rule applied to the input truncated
-after sample n + D (zeros beyond and before the start).
+output for sample n with lookahead D, hop H and block end E must equal that rule applied to the
+input truncated after sample T(n) = the first T >= n + D with T % H == E (zeros beyond and
+before the start): the block grid.
 
 The kernel computes in float32 (the references here are float64), so its outputs are compared
 with ``f32_atol(x)``: 1e-5 of the signal's largest magnitude. Expected rounding is ~1e-7 of it
@@ -24,6 +25,13 @@ from rt.recordings import load_recording
 
 WAVELET = "db7"
 THRESHOLD = 0.08
+HOP = 50
+
+
+def block_close(n: int, lookahead: int, hop: int, block_end: int) -> int:
+    """T(n): the input sample after which output sample n is computed (first T >= n + D on the grid)."""
+    r = n + lookahead
+    return r + (block_end - r) % hop
 
 
 def f32_atol(x: np.ndarray) -> float:
@@ -50,26 +58,24 @@ def zero_padded(x: np.ndarray, level: int, m: int) -> tuple[np.ndarray, int]:
     return z, front
 
 
-def truncated_reference(x: np.ndarray, n: int, lookahead: int, level: int, m: int) -> np.ndarray:
-    """The block rule: denoise of x[: n + lookahead + 1] (zeros elsewhere), sample n."""
-    z, front = zero_padded(x[: n + lookahead + 1], level, m)
+def truncated_reference(x: np.ndarray, n: int, last: int, level: int, m: int) -> np.ndarray:
+    """The truncation rule: denoise of x[: last + 1] (zeros elsewhere), sample n."""
+    z, front = zero_padded(x[: last + 1], level, m)
     return pywt_denoise(z, level)[front + n]
 
 
-def stream(x: np.ndarray, level: int, lookahead: int, chunks=None, threshold: float = THRESHOLD) -> np.ndarray:
-    """Streaming output realigned so that row i is sample i (rows >= n - lookahead are dropped)."""
+def stream(x: np.ndarray, level: int, lookahead: int, chunks=None, threshold: float = THRESHOLD,
+           hop: int = HOP, block_end: int | None = None) -> np.ndarray:  # fmt: skip
+    """Streaming output realigned so that row i is sample i (samples of no closed block are dropped)."""
     x = np.ascontiguousarray(x.reshape(x.shape[0], -1))
-    den = StreamingWaveletDenoiser(x.shape[1], WAVELET, level, threshold, lookahead)
-    out = np.empty_like(x)
-    if chunks is None:
-        den.process(x, out)
-    else:
-        start = 0
-        for size in chunks:
-            den.process(x[start : start + size], out[start : start + size])
-            start += size
-        assert start == x.shape[0]
-    return out[lookahead:]
+    den = StreamingWaveletDenoiser(x.shape[1], WAVELET, level, threshold, lookahead, hop, block_end)
+    out = np.full((x.shape[0] + hop, x.shape[1]), np.nan)
+    written = 0
+    for start, size in zip(np.cumsum([0] + list(chunks or [x.shape[0]])), chunks or [x.shape[0]]):
+        written += den.process(x[start : start + size], out[written:])
+    e = den.block_end
+    assert written == (x.shape[0] - 1 - e) // hop * hop + e + 1  # every closed block, nothing more
+    return out[lookahead:written]
 
 
 def random_chunks(rng: np.random.Generator, n: int, largest: int = 300) -> list[int]:
@@ -112,11 +118,11 @@ def test_exact_lookahead_equals_offline_pywt_on_recording(recording, level):
     """lookahead = (2**L - 1)(F - 1): equals the offline periodized denoise away from its wrap; f32_atol."""
     rng = np.random.default_rng(level)
     x = recording[: recording.shape[0] // 256 * 256]
-    den = StreamingWaveletDenoiser(4, WAVELET, level, THRESHOLD, 0)
+    den = StreamingWaveletDenoiser(4, WAVELET, level, THRESHOLD, 0, 1)
     d, m = den.exact_lookahead, den.exact_lookahead + 1
-    y = stream(x, level, d, random_chunks(rng, x.shape[0], 500))
+    y = stream(x, level, d, random_chunks(rng, x.shape[0], 500), block_end=int(rng.integers(0, HOP)))
     ref = pywt_denoise(x, level)
-    interior = slice(m - 1, x.shape[0] - m + 1)  # no wrap-around, no start-up
+    interior = slice(m - 1, min(x.shape[0] - m + 1, y.shape[0]))  # no wrap-around, no start-up
     assert interior.stop - interior.start > 1000
     np.testing.assert_allclose(y[interior], ref[interior], rtol=0, atol=f32_atol(x))
     assert np.abs(ref[interior] - x[interior]).max() > 0.01  # the threshold really changed the signal
@@ -129,28 +135,33 @@ def test_exact_lookahead_equals_offline_on_every_bundled_recording(uci_files):
         x = load_recording(path).samples.astype(np.float64)
         x = np.ascontiguousarray((x - x.mean(axis=0)) / np.abs(x - x.mean(axis=0)).max(axis=0))
         x = x[: x.shape[0] // 16 * 16]
-        d = StreamingWaveletDenoiser(4, WAVELET, 4, THRESHOLD, 0).exact_lookahead
+        d = StreamingWaveletDenoiser(4, WAVELET, 4, THRESHOLD, 0, 1).exact_lookahead
         y = stream(x, 4, d, [50] * (x.shape[0] // 50) + [x.shape[0] % 50])
-        interior = slice(d, x.shape[0] - d)
+        interior = slice(d, min(x.shape[0] - d, y.shape[0]))
         np.testing.assert_allclose(y[interior], pywt_denoise(x, 4)[interior], rtol=0, atol=f32_atol(x), err_msg=path.name)
 
 
-@pytest.mark.parametrize(("level", "lookahead"), [(3, 0), (3, 17), (5, 50), (5, 200)])
-def test_short_lookahead_equals_truncated_block_rule(recording, level, lookahead):
-    """Every sample (random signal) / every 11th (recording) equals pywt on the truncated input; f32_atol."""
+@pytest.mark.parametrize(("level", "lookahead", "hop", "block_end"),
+                         [(3, 0, 50, 49), (3, 17, 16, 3), (5, 50, 50, 0), (5, 200, 37, 20), (2, 5, 1, 0)])
+def test_short_lookahead_equals_truncated_block_rule(recording, level, lookahead, hop, block_end):
+    """Every sample (random signal) / every 11th (recording) equals pywt on the input truncated after
+    its block's last sample T(n); f32_atol."""
     rng = np.random.default_rng(7)
-    m = StreamingWaveletDenoiser(1, WAVELET, level, THRESHOLD, 0).exact_lookahead + 1
+    m = StreamingWaveletDenoiser(1, WAVELET, level, THRESHOLD, 0, 1).exact_lookahead + 1
     noise = 0.2 * rng.standard_normal(300)
     real = recording[20000:21500, 1]
-    for x, samples in ((noise, range(0, 300 - lookahead)), (real, range(0, 1500 - lookahead, 11))):
-        y = stream(x, level, lookahead, random_chunks(rng, x.shape[0]))[:, 0]
-        ref = np.array([truncated_reference(x, n, lookahead, level, m) for n in samples])
+    for x in (noise, real):
+        y = stream(x, level, lookahead, random_chunks(rng, x.shape[0]), hop=hop, block_end=block_end)[:, 0]
+        samples = range(0, y.shape[0], 1 if x is noise else 11)
+        ref = np.array([truncated_reference(x, n, block_close(n, lookahead, hop, block_end), level, m)
+                        for n in samples])  # fmt: skip
         np.testing.assert_allclose(y[list(samples)], ref, rtol=0, atol=f32_atol(x))
+        assert y.shape[0] > x.shape[0] - lookahead - hop
 
 
 @pytest.mark.parametrize(("level", "lookahead"), [(4, 0), (4, 30), (6, 100), (8, 400)])
 def test_error_against_exact_within_derived_bound(recording, level, lookahead):
-    """|y_D[n] - y_exact[n]| <= sum_k |psi_k[n]| sum_{m > n+D} |x[m] psi_k[m]| (soft threshold is 1-Lipschitz).
+    """|y_D[n] - y_exact[n]| <= sum_k |psi_k[n]| sum_{m > T(n)} |x[m] psi_k[m]| (soft threshold is 1-Lipschitz).
 
     psi_k come from PyWavelets (unit-coefficient reconstruction), not from the kernel.
     """
@@ -177,31 +188,35 @@ def test_error_against_exact_within_derived_bound(recording, level, lookahead):
     assert len(starts) == 1
     phase = starts.pop()
     checked = 0
-    for n in range(m, x.shape[0] - 2 * m, 97):
+    for n in range(m, min(y.shape[0], y_exact.shape[0]) - HOP, 97):
+        last = block_close(n, lookahead, HOP, HOP - 1)
         bound = 0.0
         for start, f in funcs:
             # coefficients k whose support [a, a + len) holds n: a = grid point in (n - len, n]
             first = n - f.size + 1
             a = first + (phase - first) % step
             while a <= n:
-                tail = np.arange(max(n + lookahead + 1, a), a + f.size)
+                tail = np.arange(max(last + 1, a), a + f.size)
                 bound += abs(f[n - a]) * np.abs(x[tail] * f[tail - a]).sum()
                 a += step
         assert abs(y[n] - y_exact[n]) <= bound + 2 * f32_atol(x)  # both outputs carry float32 rounding
         checked += 1
     assert checked > 20
     if lookahead < exact_d // 4:
-        assert np.abs(y[: y_exact.size] - y_exact).max() > 1e-4  # the approximation is really exercised
+        k = min(y.shape[0], y_exact.shape[0])
+        assert np.abs(y[:k] - y_exact[:k]).max() > 1e-4  # the approximation is really exercised
 
 
 @settings(deadline=None, max_examples=12)
 @given(
     level=st.sampled_from([1, 2, 3, 5]),
     lookahead=st.integers(0, 120),
+    hop=st.integers(1, 80),
+    block_end=st.integers(0, 79),
     seed=st.integers(0, 2**31 - 1),
     sizes=st.lists(st.integers(0, 400), min_size=1, max_size=40),
 )
-def test_chunking_invariance_bit_for_bit(level, lookahead, seed, sizes):
+def test_chunking_invariance_bit_for_bit(level, lookahead, hop, block_end, seed, sizes):
     """Any chunking (0, 1, ... several hundred samples per call) gives the one-chunk output exactly."""
     rng = np.random.default_rng(seed)
     n = 1500
@@ -215,8 +230,9 @@ def test_chunking_invariance_bit_for_bit(level, lookahead, seed, sizes):
             break
     if total < n:
         chunks.append(n - total)
-    whole = stream(x, level, lookahead)
-    assert np.array_equal(stream(x, level, lookahead, chunks), whole)
+    block_end %= hop
+    whole = stream(x, level, lookahead, hop=hop, block_end=block_end)
+    assert np.array_equal(stream(x, level, lookahead, chunks, hop=hop, block_end=block_end), whole)
 
 
 def test_chunking_invariance_on_recording_one_sample_at_a_time(recording):
@@ -224,50 +240,75 @@ def test_chunking_invariance_on_recording_one_sample_at_a_time(recording):
     assert np.array_equal(stream(x, 4, 40, [1] * 4000), stream(x, 4, 40))
 
 
-@pytest.mark.parametrize(("level", "lookahead"), [(1, 0), (2, 5), (4, 33), (6, 0), (8, 257)])
-def test_threshold_zero_reproduces_delayed_input(recording, level, lookahead):
-    """Threshold 0: out[i] == x[i - D] to f32_atol for any lookahead (partial sums still reconstruct); 0 before."""
+@pytest.mark.parametrize(("level", "lookahead", "hop"), [(1, 0, 1), (2, 5, 7), (4, 33, 50), (6, 0, 64), (8, 257, 50)])
+def test_threshold_zero_reproduces_delayed_input(recording, level, lookahead, hop):
+    """Threshold 0: row i == x[i - D] to f32_atol for any lookahead (partial sums still reconstruct); 0 before."""
     rng = np.random.default_rng(level)
     for x in (recording[:3000], rng.standard_normal((2000, 2))):
         x = np.ascontiguousarray(x)
-        den = StreamingWaveletDenoiser(x.shape[1], WAVELET, level, 0.0, lookahead)
-        out = np.empty_like(x)
-        den.process(x, out)
+        den = StreamingWaveletDenoiser(x.shape[1], WAVELET, level, 0.0, lookahead, hop)
+        out = np.empty((den.max_rows(x.shape[0]), x.shape[1]))
+        k = den.process(x, out)
+        assert k == x.shape[0] // hop * hop
         assert np.all(out[:lookahead] == 0.0)
-        np.testing.assert_allclose(out[lookahead:], x[: x.shape[0] - lookahead], rtol=0, atol=f32_atol(x))
+        np.testing.assert_allclose(out[lookahead:k], x[: k - lookahead], rtol=0, atol=f32_atol(x))
+
+
+@pytest.mark.parametrize(("hop", "block_end"), [(50, 49), (50, 0), (16, 7), (1, 0)])
+def test_a_block_comes_out_whole_when_its_last_sample_arrives(hop, block_end):
+    """Fed one sample at a time: rows appear only on samples T with T % hop == block_end, hop at a
+    time (the first block: block_end + 1 rows), and equal the one-chunk output bit for bit."""
+    x = np.random.default_rng(3).standard_normal((400, 2))
+    den = StreamingWaveletDenoiser(2, WAVELET, 3, THRESHOLD, 10, hop, block_end)
+    out = np.empty((den.max_rows(1), 2))
+    rows = []
+    for t in range(x.shape[0]):
+        k = den.process(x[t : t + 1], out)
+        closes = t % hop == block_end
+        assert k == (0 if not closes else hop if t >= hop else block_end + 1)
+        rows.append(out[:k].copy())
+    den.reset()
+    whole = np.empty((den.max_rows(x.shape[0]), 2))
+    assert np.array_equal(np.concatenate(rows), whole[: den.process(x, whole)])
 
 
 def test_reset_and_warmup_restart_the_stream(recording):
     x = recording[:2000]
-    den = StreamingWaveletDenoiser(4, WAVELET, 3, THRESHOLD, 20)
-    first, again = np.empty_like(x), np.empty_like(x)
+    den = StreamingWaveletDenoiser(4, WAVELET, 3, THRESHOLD, 20, HOP)
+    first, again = np.empty((den.max_rows(2000), 4)), np.empty((den.max_rows(2000), 4))
     den.warmup()
-    den.process(x, first)
+    k = den.process(x, first)
     den.reset()
-    den.process(x, again)
-    assert np.array_equal(first, again)
-    assert den.delay == 20
-    den.process(x[:0], again[:0])  # empty chunk is fine
+    assert den.process(x, again) == k
+    assert np.array_equal(first[:k], again[:k])
+    assert den.delay == 20 and den.hop == HOP and den.block_end == HOP - 1
+    assert den.process(x[:0], again) == 0  # empty chunk is fine
 
 
 def test_bad_input_is_named():
-    den = StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, 4)
+    den = StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, 4, 5)
     x = np.zeros((10, 3))
     with pytest.raises(TypeError, match="float64.*float32"):
-        den.process(x.astype(np.float32), np.empty((10, 3)))
+        den.process(x.astype(np.float32), np.empty((14, 3)))
     with pytest.raises(ValueError, match=r"\(n, 3\).*\(10, 2\)"):
-        den.process(np.zeros((10, 2)), np.zeros((10, 2)))
+        den.process(np.zeros((10, 2)), np.zeros((14, 2)))
     with pytest.raises(ValueError, match="C-contiguous"):
-        den.process(np.zeros((3, 10)).T, np.zeros((10, 3)))
+        den.process(np.zeros((3, 10)).T, np.zeros((14, 3)))
+    with pytest.raises(ValueError, match="out has 10 rows.*14"):
+        den.process(x, np.zeros((10, 3)))
+    with pytest.raises(ValueError, match="hop"):
+        StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, 0, 0)
+    with pytest.raises(ValueError, match=r"block_end must be an int in 0\.\.4"):
+        StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, 0, 5, 5)
     with pytest.raises(ValueError, match="lookahead"):
-        StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, -1)
+        StreamingWaveletDenoiser(3, WAVELET, 2, THRESHOLD, -1, 5)
     with pytest.raises(ValueError, match="threshold"):
-        StreamingWaveletDenoiser(3, WAVELET, 2, float("nan"), 0)
+        StreamingWaveletDenoiser(3, WAVELET, 2, float("nan"), 0, 5)
     with pytest.raises(ValueError, match="level"):
-        StreamingWaveletDenoiser(3, WAVELET, 0, THRESHOLD, 0)
+        StreamingWaveletDenoiser(3, WAVELET, 0, THRESHOLD, 0, 5)
     with pytest.raises(ValueError, match="n_channels"):
-        StreamingWaveletDenoiser(0, WAVELET, 2, THRESHOLD, 0)
+        StreamingWaveletDenoiser(0, WAVELET, 2, THRESHOLD, 0, 5)
     with pytest.raises(ValueError, match="'nope'"):
-        StreamingWaveletDenoiser(3, "nope", 2, THRESHOLD, 0)
+        StreamingWaveletDenoiser(3, "nope", 2, THRESHOLD, 0, 5)
     with pytest.raises(ValueError, match="not orthogonal"):
-        StreamingWaveletDenoiser(3, "bior2.2", 2, THRESHOLD, 0)
+        StreamingWaveletDenoiser(3, "bior2.2", 2, THRESHOLD, 0, 5)
