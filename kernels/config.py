@@ -242,7 +242,7 @@ def _validate(cfg: Config) -> None:
            f"must be 'running_mean' or 'none', got {fe.baseline.method!r}")
     _check(fe.baseline.tau_s > 0, "frontend.baseline.tau_s", f"must be > 0 s, got {fe.baseline.tau_s}")
     w = fe.wavelet
-    _check(1 <= w.level <= 10, "frontend.wavelet.level", f"must be 1..10, got {w.level}")
+    _check(1 <= w.level <= 8, "frontend.wavelet.level", f"must be 1..8 (the dataset uses 8), got {w.level}")
     _check(w.threshold >= 0, "frontend.wavelet.threshold", f"must be >= 0, got {w.threshold}")
     _check(w.lookahead >= 0, "frontend.wavelet.lookahead", f"must be >= 0, got {w.lookahead}")
     if w.enabled:

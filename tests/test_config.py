@@ -36,6 +36,7 @@ def test_round_trip_through_dict(siat_config):
         (lambda d: d["stream"].pop("fs"), "stream.fs"),
         (lambda d: d["model"].__setitem__("arch", "transformer"), "model.arch"),
         (lambda d: d["frontend"]["wavelet"].__setitem__("wavelet", "db99"), "frontend.wavelet.wavelet"),
+        (lambda d: d["frontend"]["wavelet"].__setitem__("level", 9), "frontend.wavelet.level"),
     ],
 )
 def test_bad_values_name_the_key(edit, key):
