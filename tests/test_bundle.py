@@ -63,28 +63,29 @@ def test_no_pickle_inside(saved):
     assert manifest["feature_spec"]["feature_names"][:2] == ["RF.iemg", "RF.var"]
 
 
-def test_tampered_array_is_refused(saved, tmp_path):
-    src, bad = saved[0], tmp_path / "bad.exo"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w") as zout:
+def _rewrite(src, dst, member: str, edit) -> None:
+    """Copy bundle zip ``src`` to ``dst`` with ``edit(bytes) -> bytes`` applied to one member."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for item in zin.infolist():
             data = zin.read(item)
-            if item.filename == "arrays/head.bias.npy":
-                data = data[:-4] + np.float32(123.0).tobytes()
-            zout.writestr(item, data)
+            zout.writestr(item, edit(data) if item.filename == member else data)
+
+
+def test_tampered_array_is_refused(saved, tmp_path):
+    bad = tmp_path / "bad.exo"
+    _rewrite(saved[0], bad, "arrays/head.bias.npy", lambda d: d[:-4] + np.float32(123.0).tobytes())
     with pytest.raises(BundleError, match="content hash mismatch"):
         load_bundle(bad)
 
 
 def test_tampered_manifest_is_refused(saved, tmp_path):
-    src, bad = saved[0], tmp_path / "bad.exo"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item)
-            if item.filename == "manifest.json":
-                m = json.loads(data)
-                m["metrics"] = {"rmse": [0.1]}
-                data = json.dumps(m).encode()
-            zout.writestr(item, data)
+    def fake_metrics(data: bytes) -> bytes:
+        m = json.loads(data)
+        m["metrics"] = {"rmse": [0.1]}
+        return json.dumps(m).encode()
+
+    bad = tmp_path / "bad.exo"
+    _rewrite(saved[0], bad, "manifest.json", fake_metrics)
     with pytest.raises(BundleError, match="content hash mismatch"):
         load_bundle(bad)
 
