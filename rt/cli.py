@@ -16,6 +16,9 @@ from pathlib import Path
 # once, when pylsl is first imported, so it is set before any command module is imported.
 os.environ.setdefault("LSLAPICFG", str(Path(__file__).resolve().parent.parent / "configs" / "lsl_api.cfg"))
 
+#: packages whose ValueError subclasses are input errors reported without a traceback
+OWN_PACKAGES = ("kernels", "models", "rt", "bench")
+
 #: sub-command -> (module under rt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "replay the bundled recording through the whole loop (player, loop, forecaster, controller)"),
@@ -64,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        # Our own input errors (ConfigError, RecordingError, BundleError, CheckpointError, ...)
+        # and unreadable paths name what was wrong: one line, not a traceback.
+        if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] not in OWN_PACKAGES:
+            raise
+        print(f"exoloop {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

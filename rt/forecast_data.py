@@ -38,7 +38,7 @@ def target_series(paths: list[str | Path], config: Config) -> list[np.ndarray]:
 
 
 def finetune_recordings(paths: list[str | Path], config: Config, out: str | Path, *, preset: str = "fast",
-                        init: str | Path | None = None, arch: str = "small", overrides: dict[str, Any] | None = None,
+                        init: str | Path | None = None, arch: str = "compact", overrides: dict[str, Any] | None = None,
                         progress: bool = True, command: str = "") -> tuple[FinetuneResult, Path]:
     """Train on every target of every recording (one series each); write an official-layout .ckpt.
 

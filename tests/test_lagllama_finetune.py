@@ -93,3 +93,11 @@ def test_cli_finetune_then_evaluate(tmp_path, uci_files) -> None:
                 "--buckets", "1,5", "--json", str(js)]) == 0
     body = json.loads(js.read_text())
     assert body["targets"] == ["knee_flexion"] and set(body["crps"]) == {"lagllama", "last_value", "cycle_repeat"}
+
+
+def test_cli_names_a_missing_checkpoint_in_one_line(tmp_path, uci_files, capsys) -> None:
+    missing = tmp_path / "nope.ckpt"
+    assert cli(["forecast", "evaluate", str(uci_files[0]), "--config", "uci_lower_limb",
+                "--checkpoint", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "exoloop forecast: error:" in err and str(missing) in err and "Traceback" not in err

@@ -59,6 +59,10 @@ PRESETS: dict[str, FinetuneSettings] = {
 ARCHITECTURES: dict[str, LagLlamaConfig] = {
     "tiny": LagLlamaConfig(context_length=32, max_context_length=1024, n_layer=2, n_head=2,
                            n_embd_per_head=8, scaling="robust", time_feat=False),
+    # The shipped checkpoint: sized so one refresh (16 series x 20 paths x 128 steps, context
+    # 512) stays within 1 s on 2 CPU cores (docs/lagllama.md, "Speed").
+    "compact": LagLlamaConfig(context_length=256, max_context_length=1024, n_layer=2, n_head=4,
+                              n_embd_per_head=8, scaling="robust", time_feat=False),
     "small": LagLlamaConfig(context_length=256, max_context_length=1024, n_layer=4, n_head=4,
                             n_embd_per_head=8, scaling="robust", time_feat=False),
     "full": LagLlamaConfig(context_length=32, max_context_length=2048, n_layer=8, n_head=9,

@@ -10,7 +10,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "frontend": ("bench.frontend", "per-hop cost of the streaming front end vs scipy/PyWavelets per hop"),
     "step": ("bench.step", "step latency: compiled vs eager xLSTM vs the seed's whole-sequence rerun"),
     "loop": ("bench.loop", "end-to-end latency player -> loop -> subscriber, 3 conditions x 3 variants; replay throughput"),
-    "forecast": ("bench.forecast", "Lag-Llama horizon refresh time with and without the KV cache"),
+    "forecast": ("bench.forecast", "Lag-Llama refresh, shipped and full-size, with and without the KV cache; machine ceilings and a lower bound per case"),
     "lsl": ("bench.lsl", "LSL player pacing and outlet -> inlet transport latency"),
     "wavelet": ("bench.wavelet_tradeoff", "streaming wavelet denoiser: lookahead vs error trade-off"),
     "all": ("bench.all", "frontend, step, forecast and loop into one report folder (+ bench/RESULTS.md)"),

@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
                    help="fast: context 256, <= 12 short epochs, minutes on CPU; paper: context 512, "
                         "prediction 128, early stopping, <= 50 epochs (default fast)")
     f.add_argument("--init", default=None, help="checkpoint to fine-tune (default: new model from random weights)")
-    f.add_argument("--arch", choices=("tiny", "small", "full"), default="small",
-                   help="architecture when training from scratch (default small, ~118k parameters)")
+    f.add_argument("--arch", choices=("tiny", "compact", "small", "full"), default="compact",
+                   help="architecture when training from scratch (default compact: 2 layers, 4 heads x 8, "
+                        "the shipped checkpoint's; small: 4 layers; full: the official size)")
     for opt, typ, what in (("--epochs", int, "max_epochs"), ("--batches-per-epoch", int, "batches_per_epoch"),
                            ("--batch-size", int, "batch_size"), ("--lr", float, "lr"),
                            ("--context-length", int, "context_length"),
