@@ -126,16 +126,16 @@ def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: s
     log(f"forecaster: pid {state.pid}, model {ckpt.path}, {len(names)} targets, context "
         f"{fc.context_length}, {fc.n_samples} samples x {fc.prediction_length} steps every "
         f"{fc.interval_s} s, pred from {connect}, horizon on {publish}")
-    poller = zmq.Poller()
-    poller.register(sub, zmq.POLLIN)
     due = time.monotonic() + fc.interval_s
     next_status = time.monotonic() + status_s
     last_t_src, used_seq, horizon_seq = 0.0, -1, 0
     try:
         while not stop.is_set():
-            wait = max(0.0, min(due, next_status) - time.monotonic())
-            if poller.poll(timeout=min(wait, 0.1) * 1000):
-                last_t_src = _drain(sub, ring, state, len(names), last_t_src, log)
+            # Sleep to the next refresh or status line: `pred` waits in the SUB queue meanwhile.
+            # Waking on every message would put a second wake-up beside the loop's subscribers'
+            # at each publish, on the cores the loop runs on.
+            stop.wait(max(0.0, min(due, next_status) - time.monotonic()))
+            last_t_src = _drain(sub, ring, state, len(names), last_t_src, log)
             now = time.monotonic()
             if now >= due:
                 if ring.last_seq is not None and ring.last_seq != used_seq:
