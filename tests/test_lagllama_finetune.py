@@ -101,3 +101,14 @@ def test_cli_names_a_missing_checkpoint_in_one_line(tmp_path, uci_files, capsys)
                 "--checkpoint", str(missing)]) == 2
     err = capsys.readouterr().err
     assert "exoloop forecast: error:" in err and str(missing) in err and "Traceback" not in err
+
+
+def test_cli_arch_choices_are_the_architectures() -> None:
+    """The CLI lists architectures literally (no torch import for --help); they must not drift."""
+    from models.lagllama.finetune import ARCHITECTURES
+    from rt.cli import build_parser
+
+    forecast = build_parser("forecast")._subparsers._group_actions[0].choices["forecast"]
+    finetune = forecast._subparsers._group_actions[0].choices["finetune"]
+    arch = next(a for a in finetune._actions if a.dest == "arch")
+    assert set(arch.choices) == set(ARCHITECTURES) and arch.default in ARCHITECTURES
