@@ -1,25 +1,32 @@
-"""The project's own recording format (``.exorec``): append-only and crash-safe.
+"""The project's own recording format (``.exorec``): append-only, crash-safe, self-resynchronising.
 
-Layout (little-endian)::
+Layout (little-endian), version 2::
 
-    b"EXOREC1\\n"                       magic
-    u32 header_len, header JSON          {"format": "exoloop-rec", "version": 1, "streams": [...]}
+    b"EXOREC2\\n"                       magic
+    u32 header_len | u32 crc32(header JSON) | header JSON
+                                         {"format": "exoloop-rec", "version": 2, "streams": [...]}
     block*                               one per pulled chunk, in arrival order
 
-    block = b"BLK1" | u16 stream | u16 kind (0 numeric, 1 text) | u32 n | u32 nbytes | u32 crc32
+    block = b"BLK2" | u16 stream | u16 kind (0 numeric, 1 text) | u32 n | u32 nbytes
+            | u32 crc32(payload) | u32 crc32(the 20 header bytes before it)
             | payload (nbytes): float64[n] timestamps, then float32[n, C] (numeric)
                                  or UTF-8 JSON list of n strings (text)
 
+Version 1 files (magic ``EXOREC1\\n``, ``u32 header_len | header JSON`` without a CRC, blocks
+``BLK1`` without the header CRC) are still read.
+
 Each block is written with one ``write`` call to an unbuffered file and fsynced at least every
-``fsync_interval`` seconds, so a killed writer leaves every complete block on disk; a torn final
-block (short or failing its CRC) is ignored by the reader and reported in ``skipped``. A bad
-block anywhere else is corruption and raises RecordingError naming the byte offset.
+``fsync_interval`` seconds, so a killed writer leaves every complete block on disk. The reader
+never gives up on a damaged block: it is skipped, reported in ``skipped`` (and logged as a
+warning) with its byte offset, and reading resumes at the next offset holding a block whose
+header and payload CRCs verify. Only a damaged magic or file header is an error.
 Timestamps are seconds on the recorder's LSL clock.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import time
@@ -30,10 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from rt.recordings.recording import Recording, RecordingError, align_series
-from rt.recordings.sniff import NATIVE_MAGIC
+from rt.recordings.sniff import NATIVE_MAGIC, NATIVE_MAGIC_V1
 
-_BLOCK = struct.Struct("<4sHHIII")
-_BLOCK_TAG = b"BLK1"
+log = logging.getLogger("exoloop.recordings")
+
+VERSION = 2
+_FIELDS = struct.Struct("<4sHHIII")  # tag, stream, kind, n, nbytes, payload CRC (all versions)
+_HEADER_CRC = struct.Struct("<I")  # version 2: CRC of the fields above
+_TAGS = {1: b"BLK1", 2: b"BLK2"}
 NUMERIC, TEXT = 0, 1
 
 
@@ -50,6 +61,17 @@ class StreamSpec:
     fmt: str = "float32"  # or "string"
 
 
+@dataclass(frozen=True)
+class Block:
+    """One intact block: where it starts in the file, its stream, timestamps and values."""
+
+    offset: int
+    end: int
+    stream: int
+    timestamps: np.ndarray
+    values: np.ndarray | list[str]
+
+
 class NativeWriter:
     """Appends blocks to a new ``.exorec`` file; ``fsync_interval`` (s) bounds what a crash loses."""
 
@@ -58,10 +80,10 @@ class NativeWriter:
         self.path = Path(path)
         self.streams = streams
         self.fsync_interval = fsync_interval
-        header = json.dumps({"format": "exoloop-rec", "version": 1, "streams": [asdict(s) for s in streams],
+        header = json.dumps({"format": "exoloop-rec", "version": VERSION, "streams": [asdict(s) for s in streams],
                              "clock": "LSL local clock of the recorder, s", **(meta or {})}).encode()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        os.write(self._fd, NATIVE_MAGIC + struct.pack("<I", len(header)) + header)
+        os.write(self._fd, NATIVE_MAGIC + struct.pack("<II", len(header), zlib.crc32(header)) + header)
         os.fsync(self._fd)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -81,8 +103,8 @@ class NativeWriter:
         else:
             kind, body = NUMERIC, np.ascontiguousarray(values, dtype="<f4").tobytes()
         payload = ts + body
-        head = _BLOCK.pack(_BLOCK_TAG, stream, kind, n, len(payload), zlib.crc32(payload))
-        os.write(self._fd, head + payload)
+        fields = _FIELDS.pack(_TAGS[VERSION], stream, kind, n, len(payload), zlib.crc32(payload))
+        os.write(self._fd, fields + _HEADER_CRC.pack(zlib.crc32(fields)) + payload)
         if time.monotonic() - self._last_sync >= self.fsync_interval:
             self.sync()
 
@@ -97,51 +119,105 @@ class NativeWriter:
             self._fd = -1
 
 
-def read_blocks(path: Path) -> tuple[dict, list[list[tuple[np.ndarray, object]]], list[str]]:
-    """Header dict, per stream a list of (timestamps, values) blocks, and what was skipped."""
-    data = path.read_bytes()
-    if not data.startswith(NATIVE_MAGIC):
-        raise RecordingError(f"{path}: byte 0: not an exoloop recording (magic {data[:8]!r})")
+def _read_header(path: Path, data: bytes) -> tuple[int, dict, list[StreamSpec], int]:
+    """(format version, header dict, streams, offset of the first block); RecordingError if damaged."""
+    version = {NATIVE_MAGIC: 2, NATIVE_MAGIC_V1: 1}.get(data[:len(NATIVE_MAGIC)])
+    if version is None:
+        raise RecordingError(f"{path}: byte 0: not an exoloop recording, or its magic is damaged "
+                             f"({data[:8]!r}, expected {NATIVE_MAGIC!r} or {NATIVE_MAGIC_V1!r})")
     pos = len(NATIVE_MAGIC)
-    if len(data) < pos + 4:
+    fixed = 8 if version == 2 else 4
+    if len(data) < pos + fixed:
         raise RecordingError(f"{path}: byte {pos}: file ends inside the header")
-    (hlen,) = struct.unpack_from("<I", data, pos)
-    pos += 4
+    hlen = struct.unpack_from("<I", data, pos)[0]
+    crc = struct.unpack_from("<I", data, pos + 4)[0] if version == 2 else None
+    pos += fixed
+    raw = data[pos:pos + hlen]
+    if crc is not None and (len(raw) < hlen or zlib.crc32(raw) != crc):
+        raise RecordingError(f"{path}: byte {pos}: header is damaged (length or CRC mismatch); "
+                             "without it the blocks cannot be decoded")
     try:
-        header = json.loads(data[pos:pos + hlen])
+        header = json.loads(raw)
         streams = [StreamSpec(**s) for s in header["streams"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise RecordingError(f"{path}: byte {pos}: header is not valid ({exc})") from None
-    pos += hlen
-    blocks: list[list[tuple[np.ndarray, object]]] = [[] for _ in streams]
-    skipped = []
+    return version, header, streams, pos + hlen
+
+
+def _block_at(data: bytes, pos: int, streams: list[StreamSpec], version: int) -> Block | tuple[str, bool]:
+    """The intact block at ``pos``, or (what is wrong, whether the file ends inside it)."""
+    head = _FIELDS.size + (_HEADER_CRC.size if version == 2 else 0)
+    if len(data) - pos < head:
+        return f"{len(data) - pos} bytes, shorter than a block header", True
+    tag, sid, kind, n, nbytes, crc = _FIELDS.unpack_from(data, pos)
+    if tag != _TAGS[version]:
+        return f"no block tag ({tag!r})", False
+    if version == 2 and _HEADER_CRC.unpack_from(data, pos + _FIELDS.size)[0] != zlib.crc32(
+            data[pos:pos + _FIELDS.size]):
+        return "block header CRC mismatch", False
+    if sid >= len(streams) or kind != (TEXT if streams[sid].fmt == "string" else NUMERIC):
+        return f"stream {sid} / kind {kind} not in the header", False
+    width = 8 + 4 * len(streams[sid].channels)
+    if (nbytes != n * width) if kind == NUMERIC else (nbytes < 8 * n):
+        return f"{nbytes} bytes do not hold {n} samples", False
+    end = pos + head + nbytes
+    payload = data[pos + head:end]
+    if len(payload) < nbytes:
+        return f"payload of {len(payload)} of {nbytes} bytes", True
+    if zlib.crc32(payload) != crc:
+        return "payload CRC mismatch", False
+    ts = np.frombuffer(payload, "<f8", n)
+    if kind == NUMERIC:
+        values = np.frombuffer(payload, "<f4", offset=8 * n).reshape(n, len(streams[sid].channels))
+        return Block(pos, end, sid, ts, values)
+    try:
+        text = json.loads(payload[8 * n:].decode())
+    except ValueError:
+        text = None
+    if not isinstance(text, list) or len(text) != n:
+        return "text payload is not a list of n strings", False
+    return Block(pos, end, sid, ts, [str(v) for v in text])
+
+
+def _next_block(data: bytes, start: int, streams: list[StreamSpec], version: int) -> Block | None:
+    """The first intact block at or after ``start`` (a scan for the tag, each hit verified)."""
+    pos = data.find(_TAGS[version], start)
+    while pos >= 0:
+        got = _block_at(data, pos, streams, version)
+        if isinstance(got, Block):
+            return got
+        pos = data.find(_TAGS[version], pos + 1)
+    return None
+
+
+def read_blocks(path: Path) -> tuple[dict, list[Block], list[str]]:
+    """Header dict, every intact block in file order, and what was skipped (each naming its byte).
+
+    A damaged block (bad tag, header CRC, length or payload CRC) is skipped and reading resumes
+    at the next intact block; a final block the file ends inside is a torn tail. Only a damaged
+    magic or file header raises RecordingError.
+    """
+    data = path.read_bytes()
+    version, header, streams, pos = _read_header(path, data)
+    blocks: list[Block] = []
+    skipped: list[str] = []
     while pos < len(data):
-        problem = None
-        end = len(data)
-        if len(data) - pos < _BLOCK.size:
-            problem = f"{len(data) - pos} bytes, shorter than a block header"
-        else:
-            tag, sid, kind, n, nbytes, crc = _BLOCK.unpack_from(data, pos)
-            end = pos + _BLOCK.size + nbytes
-            payload = data[pos + _BLOCK.size:end]
-            if tag != _BLOCK_TAG or sid >= len(streams):
-                problem = f"bad block tag {tag!r} or stream {sid}"
-            elif len(payload) < nbytes:
-                problem = f"payload of {len(payload)} of {nbytes} bytes"
-            elif zlib.crc32(payload) != crc:
-                problem = "CRC mismatch"
-        if problem:
-            if end >= len(data):
-                skipped.append(f"{path}: byte {pos}: torn final block ({problem}), {len(data) - pos} bytes ignored")
-                break
-            raise RecordingError(f"{path}: byte {pos}: corrupt block ({problem})")
-        ts = np.frombuffer(payload, "<f8", n)
-        if kind == TEXT:
-            values: object = json.loads(payload[8 * n:].decode())
-        else:
-            values = np.frombuffer(payload, "<f4", offset=8 * n).reshape(n, len(streams[sid].channels))
-        blocks[sid].append((ts, values))
-        pos += _BLOCK.size + nbytes
+        got = _block_at(data, pos, streams, version)
+        if isinstance(got, Block):
+            blocks.append(got)
+            pos = got.end
+            continue
+        problem, short = got
+        nxt = _next_block(data, pos + 1, streams, version)
+        if nxt is None:
+            what = "torn final block" if short else "damaged final block"
+            skipped.append(f"{path}: byte {pos}: {what} ({problem}), {len(data) - pos} bytes ignored")
+            break
+        skipped.append(f"{path}: byte {pos}: corrupt block ({problem}), {nxt.offset - pos} bytes skipped; "
+                       f"reading resumed at the next intact block, byte {nxt.offset}")
+        pos = nxt.offset
+    for line in skipped:
+        log.warning("%s", line)
     return header, blocks, skipped
 
 
@@ -154,19 +230,23 @@ def read_native(path: Path) -> Recording:
         raise RecordingError(f"{path}: header lists no 'emg' stream: {[s.name for s in streams]}")
     e = roles.index("emg")
     spec = streams[e]
-    if not blocks[e]:
-        raise RecordingError(f"{path}: no sEMG samples recorded (stream {spec.name!r})")
-    t = np.concatenate([b[0] for b in blocks[e]])
-    x = np.concatenate([b[1] for b in blocks[e]]).astype(np.float32)
+    per_stream: list[list[Block]] = [[] for _ in streams]
+    for b in blocks:
+        per_stream[b.stream].append(b)
+    if not per_stream[e]:
+        raise RecordingError(f"{path}: no sEMG samples recorded (stream {spec.name!r})"
+                             + (f"; {len(skipped)} damaged region(s) skipped" if skipped else ""))
+    t = np.concatenate([b.timestamps for b in per_stream[e]])
+    x = np.concatenate([b.values for b in per_stream[e]]).astype(np.float32)
     rec = Recording(timestamps=t, samples=x, channel_names=list(spec.channels), channel_units=list(spec.units),
                     fs=spec.fs, source=path, format="exoloop", skipped=skipped)
     for sid, s in enumerate(streams):
-        if s.role == "targets" and blocks[sid]:
-            tt = np.concatenate([b[0] for b in blocks[sid]])
-            tv = np.concatenate([b[1] for b in blocks[sid]])
+        if s.role == "targets" and per_stream[sid]:
+            tt = np.concatenate([b.timestamps for b in per_stream[sid]])
+            tv = np.concatenate([b.values for b in per_stream[sid]])
             gap = 3.0 / s.fs if s.fs > 0 else np.inf
             rec.targets = align_series(t, tt, tv, gap, snap=0.05 / spec.fs)
             rec.target_names, rec.target_units = list(s.channels), list(s.units)
         elif s.role == "markers":
-            rec.markers = sorted((float(ts), str(v)) for b in blocks[sid] for ts, v in zip(b[0], b[1]))
+            rec.markers = sorted((float(ts), v) for b in per_stream[sid] for ts, v in zip(b.timestamps, b.values))
     return rec

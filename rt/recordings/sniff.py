@@ -7,7 +7,9 @@ from pathlib import Path
 from rt.recordings.recording import RecordingError
 
 XDF_MAGIC = b"XDF:"
-NATIVE_MAGIC = b"EXOREC1\n"
+NATIVE_MAGIC = b"EXOREC2\n"
+#: the magic of version-1 ``.exorec`` files (no header CRCs), still read
+NATIVE_MAGIC_V1 = b"EXOREC1\n"
 FORMATS = ("exoloop", "xdf", "siat", "uci")
 
 
@@ -19,8 +21,9 @@ def sniff(path: Path) -> str:
         head = f.read(4096)
     if not head:
         raise RecordingError(f"{path}:1: empty file")
-    if head.startswith(NATIVE_MAGIC):
-        return "exoloop"
+    if any(sum(a != b for a, b in zip(head[:len(m)].ljust(len(m), b"\0"), m)) <= 1
+           for m in (NATIVE_MAGIC, NATIVE_MAGIC_V1)):
+        return "exoloop"  # one damaged magic byte: the native reader names it
     if head.startswith(XDF_MAGIC):
         return "xdf"
     text = head.decode("utf-8", errors="replace")
