@@ -9,8 +9,14 @@ quantiles at ``forecast.quantile_levels``.
 
 Latest-wins: a refresh always uses the newest values; refresh slots missed while computing are
 skipped (counted in ``skipped``), never queued. The publisher of ``pred`` is never blocked (a
-PUB socket drops rather than waits). The worker prints one state line per ``status_s`` and
-publishes the same state on topic ``forecaster`` (msgpack map with ``v`` = 1).
+PUB socket drops rather than waits).
+
+Liveness: a heartbeat thread publishes the worker's state on topic ``forecaster`` (msgpack map
+with ``v`` = 1) every ``status_s``, whatever the refresh is doing, and prints it as one line.
+Its ``heartbeat`` count proves the process is scheduled; its ``progress`` count (main-loop
+passes, at least one per ``status_s``, plus every decode step) proves the forecaster works;
+``busy_ms`` is how long the refresh in progress has run. :class:`rt.supervisor.Supervisor`
+watches both.
 """
 
 from __future__ import annotations
@@ -87,12 +93,62 @@ class WorkerState:
     last_refresh_ms: float = 0.0
     last_seq: int = -1
     model: str = ""
+    heartbeat: int = 0      # state reports sent
+    progress: int = 0       # main-loop passes + decode steps done
+    busy_ms: float = 0.0    # how long the refresh in progress has run (0 between refreshes)
+
+
+class Heartbeat:
+    """Publishes ``state`` on topic ``forecaster`` every ``interval_s`` from its own thread.
+
+    The PUB socket is shared with the main thread's horizons under ``lock`` (a ZeroMQ socket may
+    change threads behind a full memory barrier, which the lock provides).
+    """
+
+    def __init__(self, pub: zmq.Socket, lock: threading.Lock, state: WorkerState, ring: HistoryRing,
+                 interval_s: float, log: Callable[[str], None]) -> None:
+        self.pub, self.lock, self.state, self.ring = pub, lock, state, ring
+        self.interval_s, self.log = interval_s, log
+        self.busy_since: float | None = None  # monotonic start of the refresh in progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forecaster-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        due = time.monotonic()
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            self.beat()
+            due, _ = next_slot(due + self.interval_s, time.monotonic(), self.interval_s)
+
+    def beat(self) -> None:
+        """Send one state report now (and print it)."""
+        state, busy = self.state, self.busy_since
+        state.busy_ms = 0.0 if busy is None else (time.monotonic() - busy) * 1e3
+        state.missing = self.ring.missing
+        state.last_seq = -1 if self.ring.last_seq is None else self.ring.last_seq
+        state.heartbeat += 1
+        fields = asdict(state)
+        with self.lock:
+            self.pub.send_multipart((schema.FORECASTER, schema.encode_forecaster(**fields)), flags=zmq.NOBLOCK)
+        self.log("forecaster: " + " ".join(f"{k}={v}" for k, v in fields.items() if k != "model"))
+
+    def stop(self) -> None:
+        """Stop the thread and send a last report."""
+        self._stop.set()
+        self._thread.join()
+        self.beat()
 
 
 def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: str | Path | None = None, *,
           stop: threading.Event | None = None, max_refreshes: int | None = None, status_s: float = 1.0,
           threads: int | None = None, log: Callable[[str], None] | None = None) -> WorkerState:
-    """Run the worker until ``stop`` is set, SIGTERM/SIGINT (main thread) or ``max_refreshes``."""
+    """Run the worker until ``stop`` is set, SIGTERM/SIGINT (main thread) or ``max_refreshes``.
+
+    ``status_s``: the heartbeat interval (state reports on topic ``forecaster``, printed lines).
+    Raises :class:`~models.lagllama.checkpoint.CheckpointError` before binding anything if the
+    checkpoint is refused."""
     import torch
 
     log = log or _print
@@ -126,27 +182,36 @@ def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: s
     log(f"forecaster: pid {state.pid}, model {ckpt.path}, {len(names)} targets, context "
         f"{fc.context_length}, {fc.n_samples} samples x {fc.prediction_length} steps every "
         f"{fc.interval_s} s, pred from {connect}, horizon on {publish}")
+    lock = threading.Lock()
+    heartbeat = Heartbeat(pub, lock, state, ring, status_s, log)
+    heartbeat.start()
+
+    def step_done() -> None:
+        state.progress += 1
+
     due = time.monotonic() + fc.interval_s
-    next_status = time.monotonic() + status_s
     last_t_src, used_seq, horizon_seq = 0.0, -1, 0
     try:
         while not stop.is_set():
-            # Sleep to the next refresh or status line: `pred` waits in the SUB queue meanwhile.
-            # Waking on every message would put a second wake-up beside the loop's subscribers'
-            # at each publish, on the cores the loop runs on.
-            stop.wait(max(0.0, min(due, next_status) - time.monotonic()))
+            # Sleep to the next refresh, at most status_s (the progress tick): `pred` waits in the
+            # SUB queue meanwhile. Waking on every message would put a second wake-up beside the
+            # loop's subscribers' at each publish, on the cores the loop runs on.
+            stop.wait(max(0.0, min(due, time.monotonic() + status_s) - time.monotonic()))
+            state.progress += 1
             last_t_src = _drain(sub, ring, state, len(names), last_t_src, log)
-            now = time.monotonic()
-            if now >= due:
+            if time.monotonic() >= due:
                 if ring.last_seq is not None and ring.last_seq != used_seq:
                     t0 = time.perf_counter()
+                    heartbeat.busy_since = time.monotonic()
                     h = forecast(model, ring.history(), horizon=fc.prediction_length,
                                  n_samples=fc.n_samples, context_length=fc.context_length,
                                  quantile_levels=fc.quantile_levels, seed=horizon_seq,
-                                 t_last=time.time(), dt=dt)
-                    pub.send_multipart((schema.HORIZON, schema.encode_horizon(
-                        horizon_seq, last_t_src, dt, names, fc.quantile_levels, h.quantiles, h.mean)),
-                        flags=zmq.NOBLOCK)
+                                 t_last=time.time(), dt=dt, on_step=step_done)
+                    payload = schema.encode_horizon(horizon_seq, last_t_src, dt, names, fc.quantile_levels,
+                                                    h.quantiles, h.mean)
+                    with lock:
+                        pub.send_multipart((schema.HORIZON, payload), flags=zmq.NOBLOCK)
+                    heartbeat.busy_since = None
                     state.last_refresh_ms = (time.perf_counter() - t0) * 1e3
                     used_seq, horizon_seq = ring.last_seq, horizon_seq + 1
                     state.refreshes += 1
@@ -154,11 +219,8 @@ def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: s
                 state.skipped += missed
                 if max_refreshes is not None and state.refreshes >= max_refreshes:
                     break
-            if time.monotonic() >= next_status:
-                next_status = time.monotonic() + status_s
-                _report(pub, state, ring, log)
     finally:
-        _report(pub, state, ring, log)
+        heartbeat.stop()
         ctx.destroy(0)
     return state
 
@@ -188,13 +250,6 @@ def _drain(sub: zmq.Socket, ring: HistoryRing, state: WorkerState, n_targets: in
         ring.push(int(msg["seq"]), values)
         state.preds += 1
         last_t_src = float(msg["t_src"])
-
-
-def _report(pub: zmq.Socket, state: WorkerState, ring: HistoryRing, log: Callable[[str], None]) -> None:
-    state.missing = ring.missing
-    state.last_seq = -1 if ring.last_seq is None else ring.last_seq
-    pub.send_multipart((schema.FORECASTER, schema.encode_forecaster(**asdict(state))), flags=zmq.NOBLOCK)
-    log("forecaster: " + " ".join(f"{k}={v}" for k, v in asdict(state).items() if k != "model"))
 
 
 def spawn(connect: str, publish: str, config_path: str | Path, checkpoint: str | Path | None = None):

@@ -6,7 +6,7 @@
 - ``status`` (1 Hz): ``{v, t_pub, targets, channels, fs_nominal, fs_measured, hops,
   samples_dropped, gaps, latency_ms: {p50, p99, max}, forecaster}``
 - ``forecaster`` (the worker's own state, each report): ``{v, pid, preds, bad_preds, missing,
-  refreshes, skipped, last_refresh_ms, last_seq, model}``
+  refreshes, skipped, last_refresh_ms, last_seq, model, heartbeat, progress, busy_ms}``
 
 Times are seconds on the LSL clock (``pylsl.local_clock()``). Decoding validates the version and
 the keys, so a receiver never acts on a message it does not understand.
@@ -35,6 +35,7 @@ _KEYS: dict[bytes, frozenset[str]] = {
     }),
     FORECASTER: frozenset({
         "v", "pid", "preds", "bad_preds", "missing", "refreshes", "skipped", "last_refresh_ms", "last_seq", "model",
+        "heartbeat", "progress", "busy_ms",
     }),
 }
 

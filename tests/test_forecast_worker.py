@@ -1,9 +1,11 @@
 """The forecaster worker as a real OS process on real ZeroMQ sockets (ipc endpoints).
 
 The test publishes ``pred`` messages, receives ``horizon`` messages and checks their schema,
-shapes and ``seq``; then kills the worker with SIGKILL mid-run and checks that the test's own
-publisher never blocked (every NOBLOCK send is accepted). The latest-wins schedule and the
-history ring are checked as plain functions.
+shapes and ``seq``, and the heartbeats (sent during refreshes too); then kills the worker with
+SIGKILL mid-run and checks that the test's own publisher never blocked (every NOBLOCK send is
+accepted). Under the supervisor, a SIGSTOPped worker is reported ``hung`` within the stated
+timeout, killed and restarted, and the new one produces horizons. The latest-wins schedule and
+the history ring are checked as plain functions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from models.lagllama.checkpoint import save_checkpoint
 from models.lagllama.finetune import new_model
 from rt import schema
 from rt.forecast_worker import HistoryRing, next_slot
+from rt.supervisor import HEARTBEAT_S, HUNG, POLL_S, RUNNING, Supervisor, forecaster_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +120,9 @@ def test_worker_process_publishes_horizons_and_dies_without_blocking_us(tmp_path
         assert [m["t_src"] for m in horizons] == sorted(m["t_src"] for m in horizons)
         assert any(s["skipped"] > 0 for s in states), "a 20 ms interval must skip refresh slots"
         assert states[-1]["preds"] > 0 and states[-1]["refreshes"] >= 1
+        beats = [s["heartbeat"] for s in states]
+        assert beats == sorted(set(beats)) and states[-1]["progress"] > states[0]["progress"]
+        assert any(s["busy_ms"] > 0 for s in states), "heartbeats must come during refreshes too"
 
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
@@ -137,3 +143,65 @@ def test_worker_refuses_bad_checkpoint(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         serve("ipc://x", "ipc://y", _config(tmp_path, 1.0), tmp_path / "nope.ckpt")
+
+
+class _Feed:
+    """The loop's side for a supervised worker: publishes ``pred``, collects ``horizon``."""
+
+    def __init__(self, ctx: zmq.Context, pred_ep: str, horizon_ep: str) -> None:
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(pred_ep)
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, schema.HORIZON)
+        self.sub.connect(horizon_ep)
+        self.seq = 0
+        self.horizons = 0
+
+    def until(self, done, timeout: float, what: str) -> float:
+        """Publish a pred every ~10 ms and count horizons until ``done()``; returns the time taken."""
+        start = time.monotonic()
+        while not done():
+            assert time.monotonic() - start < timeout, f"{what} not within {timeout} s"
+            t = 1000.0 + self.seq * 0.05
+            self.pub.send_multipart((schema.PRED, schema.encode_pred(self.seq, t, t, [40 + 20 * np.sin(self.seq / 4)], 0)),
+                                    flags=zmq.NOBLOCK)
+            self.seq += 1
+            while self.sub.poll(10):
+                self.sub.recv_multipart()
+                self.horizons += 1
+        return time.monotonic() - start
+
+
+def test_stopped_worker_is_reported_hung_then_killed_and_restarted(tmp_path: Path) -> None:
+    cfg_path = _config(tmp_path, interval_s=0.2)
+    ckpt = save_checkpoint(tmp_path / "tiny.ckpt", new_model("tiny", seed=1))
+    pred_ep, fc_ep = f"ipc://{tmp_path}/pred", f"ipc://{tmp_path}/fc"
+    ctx = zmq.Context()
+    feed = _Feed(ctx, pred_ep, fc_ep)
+    sup = Supervisor(forecaster_argv(pred_ep, fc_ep, str(cfg_path), str(ckpt)), heartbeat=fc_ep, base_s=0.2)
+    sup.start()
+    try:
+        feed.until(lambda: sup.state()["state"] == RUNNING and feed.horizons >= 2, 60, "a running worker's horizons")
+        victim = sup.state()["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        states: list[dict] = []
+        took = feed.until(lambda: states.append(sup.state()) or states[-1]["state"] == HUNG, 30, "hung")
+        # Its last heartbeat came at most HEARTBEAT_S before the stop, and the supervisor polls
+        # every POLL_S: hung by hang_s + POLL_S. 1 s more for scheduling on a loaded machine.
+        assert took < sup.hang_s + POLL_S + 1.0, f"hung reported after {took:.2f} s"
+        assert {s["state"] for s in states[:-1]} <= {RUNNING}, "a stopped worker must not look alive but running"
+        hung = states[-1]
+        assert hung["hangs"] == 1 and hung["reason"].startswith("no heartbeat for") and hung["pid"] is None
+        feed.until(lambda: sup.state()["state"] == RUNNING, 60, "the restarted worker running")
+        after = sup.state()
+        assert after["pid"] != victim and after["restarts"] == 1 and after["last_exit"] == -signal.SIGKILL
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(victim, 0)
+        n = feed.horizons
+        feed.until(lambda: feed.horizons >= n + 2, 60, "horizons from the restarted worker")
+        assert 0 <= after["heartbeat_age_s"] < HEARTBEAT_S + sup.hang_s
+    finally:
+        sup.stop()
+        ctx.destroy(0)

@@ -8,6 +8,11 @@ an allow-list: exactly those two globals map to inert stand-ins, plus the plain 
 torch's tensor rebuild; any other global is refused. ``save_checkpoint`` writes our models in
 the same layout (keys ``model.*``, all 35 ``hyper_parameters``, the same pickle globals), with
 our own notes under the extra top-level key ``exoloop`` (Lightning ignores unknown keys).
+
+Before anything is loaded, the archive is inspected (:func:`inspect_archive`): only the entries
+``torch.save`` writes are accepted (a TorchScript archive, whose ``code/`` torch would run, is
+refused), and the opcodes of ``data.pkl`` are scanned without executing them, so a global
+outside the allow-list is refused before the unpickler sees it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from __future__ import annotations
 import collections
 import copy
 import pickle
+import pickletools
+import re
 import types
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +75,20 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
 }
-# torch.load resolves ``torch.*Storage`` globals itself before our find_class is asked.
+# torch.load resolves ``torch.*Storage`` globals itself before our find_class is asked; the
+# opcode scan allows them by name.
+_STORAGES = frozenset(("torch", f"{kind}Storage") for kind in
+                      ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool"))
+#: Entries a ``torch.save`` zip holds under its one top-level folder (metadata of torch 1.6 … 2.x).
+_ARCHIVE_ENTRIES = frozenset(("data.pkl", "version", "byteorder", ".format_version", ".storage_alignment",
+                              ".data/version", ".data/serialization_id"))
+_STORAGE_ENTRY = re.compile(r"data/\d+")
+# Opcodes that push one string (the module / name a protocol-4 STACK_GLOBAL pops).
+_STRING_OPS = frozenset(("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                         "SHORT_BINSTRING", "BINSTRING", "STRING"))
+_MEMO_GETS = frozenset(("GET", "BINGET", "LONG_BINGET"))
+_MEMO_PUTS = frozenset(("PUT", "BINPUT", "LONG_BINPUT"))
+_MARK = object()
 
 
 class CheckpointError(ValueError):
@@ -156,11 +177,95 @@ def _build(state: dict[str, Any], model_kwargs: dict[str, Any], where: str) -> L
     return model.eval()
 
 
+def pickle_globals(data: bytes) -> list[tuple[str, str]]:
+    """Every ``(module, name)`` a pickle would import, read from its opcodes without executing.
+
+    The unpickler's stack is simulated (strings are tracked, everything else is opaque), so a
+    protocol-4 ``STACK_GLOBAL`` is named by the two strings it really pops. Raises
+    :class:`CheckpointError` for what cannot be named statically: a ``STACK_GLOBAL`` of
+    computed strings, the copyreg extension registry (``EXT*``), or a malformed stream.
+    """
+    found: list[tuple[str, str]] = []
+    stack: list[object] = []  # a str, _MARK, or None (any other object)
+    memo: dict[int, object] = {}
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            name = op.name
+            if name in _MEMO_PUTS or name == "MEMOIZE":
+                memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1]
+                continue
+            if name.startswith("EXT"):
+                raise CheckpointError(f"data.pkl: {name} at byte {pos} imports from the copyreg extension registry")
+            if name == "STACK_GLOBAL":
+                module, qualname = stack[-2], stack[-1]
+                if not isinstance(module, str) or not isinstance(qualname, str):
+                    raise CheckpointError(f"data.pkl: STACK_GLOBAL at byte {pos} imports a computed name")
+                found.append((module, qualname))
+            elif name in ("GLOBAL", "INST"):
+                module, _, qualname = arg.partition(" ")
+                found.append((module, qualname))
+            before = op.stack_before
+            if pickletools.markobject in before:  # pop to the mark, then what lies below it
+                while stack.pop() is not _MARK:
+                    pass
+                del stack[len(stack) - before.index(pickletools.markobject):]
+            elif before:
+                if len(stack) < len(before):
+                    raise CheckpointError(f"data.pkl: stack underflow at byte {pos} ({name})")
+                del stack[len(stack) - len(before):]
+            if name in _STRING_OPS:
+                stack.append(arg if isinstance(arg, str) else bytes(arg).decode("latin-1"))
+            elif name in _MEMO_GETS:
+                stack.append(memo.get(arg))
+            else:
+                stack.extend(_MARK if a is pickletools.markobject else None for a in op.stack_after)
+    except (ValueError, EOFError, IndexError) as exc:  # malformed: bad opcode, truncated, underflow
+        raise CheckpointError(f"data.pkl: not a valid pickle ({exc})") from None
+    return found
+
+
+def inspect_archive(path: Path) -> None:
+    """Refuse ``path`` unless it is a ``torch.save`` zip whose pickle imports only allowed globals.
+
+    Nothing in the file is executed: the zip directory is read, then ``data.pkl``'s opcodes.
+    """
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: refused: not a zip archive (an official .ckpt is torch.save's zip "
+                              f"format; the legacy pickle format is not accepted)")
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if not n.endswith("/")]
+        roots = {n.split("/", 1)[0] for n in names}
+        if len(roots) != 1 or any("/" not in n for n in names):
+            raise CheckpointError(f"{path}: refused: a torch archive has one top-level folder, found {sorted(roots)[:5]}")
+        root = roots.pop() + "/"
+        for n in names:
+            entry = n[len(root):]
+            if entry.startswith("code/") or entry == "constants.pkl" or entry.endswith(".py"):
+                raise CheckpointError(f"{path}: refused: a TorchScript archive (entry {n!r}); loading it "
+                                      f"would run its code")
+            if entry not in _ARCHIVE_ENTRIES and not _STORAGE_ENTRY.fullmatch(entry):
+                raise CheckpointError(f"{path}: refused: unexpected archive entry {n!r} (a checkpoint holds "
+                                      f"data.pkl, data/<n> and torch's metadata files only)")
+        if root + "data.pkl" not in names:
+            raise CheckpointError(f"{path}: refused: no {root}data.pkl in the archive")
+        data = z.read(root + "data.pkl")
+    try:
+        refs = pickle_globals(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: refused: {exc}") from None
+    for module, name in refs:
+        if (module, name) not in ALLOWED_GLOBALS and (module, name) not in _STORAGES:
+            allowed = ", ".join(sorted(f"{m}.{n}" for m, n in ALLOWED_GLOBALS))
+            raise CheckpointError(f"{path}: refused: data.pkl imports {module}.{name} (allowed: {allowed}, "
+                                  f"torch.*Storage)")
+
+
 def load_checkpoint(path: str | Path, model_kwargs: dict[str, Any] | None = None,
                     map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load an official-layout ``.ckpt`` (restricted unpickling) or a ``state_dict.npz``.
+    """Load an official-layout ``.ckpt`` (inspected, then restricted unpickling) or a ``state_dict.npz``.
 
-    An ``.npz`` holds only tensors: pass its ``model_kwargs`` (e.g. from vectors.json).
+    An ``.npz`` holds only tensors: pass its ``model_kwargs`` (e.g. from vectors.json). Raises
+    :class:`CheckpointError` naming the file and what was refused or wrong.
     """
     path = Path(path)
     if not path.is_file():
@@ -168,9 +273,16 @@ def load_checkpoint(path: str | Path, model_kwargs: dict[str, Any] | None = None
     if path.suffix == ".npz":
         if model_kwargs is None:
             raise CheckpointError(f"{path}: a state_dict.npz carries no model_kwargs; pass them")
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: refused: not an .npz (zip) archive")
+        with zipfile.ZipFile(path) as z:
+            foreign = [n for n in z.namelist() if not n.endswith(".npy")]
+        if foreign:
+            raise CheckpointError(f"{path}: refused: entry {foreign[0]!r} is not a .npy array")
         with np.load(path, allow_pickle=False) as z:
             state = {k: z[k] for k in z.files}
         return Checkpoint(_build(state, model_kwargs, str(path)), {"model_kwargs": model_kwargs}, {}, path)
+    inspect_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, pickle_module=_restricted_pickle,
                           weights_only=False)

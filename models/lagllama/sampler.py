@@ -38,13 +38,15 @@ def greedy(df: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Te
 def decode(model: LagLlama, past_target: torch.Tensor, past_observed: torch.Tensor, steps: int, *,
            n_samples: int = 1, draw: Draw = greedy, cache: str = "exact", scaler: str = "frozen",
            past_time_feat: torch.Tensor | None = None, future_time_feat: torch.Tensor | None = None,
-           record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+           record: bool = False, on_step: Callable[[], None] | None = None
+           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run ``steps`` decoding steps.
 
     past_target, past_observed: float[B, L], L = n_ctx + max_lag (n_ctx context tokens).
     past_time_feat: float[B, L, 6]; future_time_feat: float[B, >= steps-1, 6] (time of the
     token fed in at step k >= 1 is future_time_feat[:, k-1]); both only if the model uses them.
-    draw(df, loc, scale) -> value in scaled units (``greedy`` or a sampler).
+    draw(df, loc, scale) -> value in scaled units (``greedy`` or a sampler). ``on_step()`` is
+    called after each step (the forecaster worker counts them as its progress).
     Returns (paths float[B*S, steps] in data units, sample index fastest; trace): with
     ``record`` the trace holds, per step, df/loc/scale (scaled units), scaler_loc/scale,
     affine_loc/scale and fed_back as float[B*S, steps] and input_last float[B*S, steps, F].
@@ -118,6 +120,8 @@ def decode(model: LagLlama, past_target: torch.Tensor, past_observed: torch.Tens
         if k + 1 < steps:
             x = torch.cat((x, value[:, None]), dim=1)
             obs = torch.cat((obs, torch.ones_like(value)[:, None]), dim=1)
+        if on_step is not None:
+            on_step()
     return paths, {name: torch.stack(v, dim=1) for name, v in trace.items()}
 
 
@@ -159,13 +163,13 @@ def pad_history(history: np.ndarray, observed: np.ndarray | None, length: int
 def forecast(model: LagLlama, history: np.ndarray, *, horizon: int = 128, n_samples: int = 20,
              context_length: int | None = None, quantile_levels: tuple[float, ...] = (0.1, 0.5, 0.9),
              seed: int = 0, cache: str = "exact", observed: np.ndarray | None = None,
-             t_last: float = 0.0, dt: float = 1.0) -> Horizon:
+             t_last: float = 0.0, dt: float = 1.0, on_step: Callable[[], None] | None = None) -> Horizon:
     """Sample ``n_samples`` paths of ``horizon`` steps for each series of ``history``.
 
     history: float[B, n] (data units, oldest first; NaN = missing), cut or left-padded to
     context_length + max lag. context_length defaults to the model's. t_last (UTC epoch s of
     the newest value) and dt (s per step) place the time features when the model uses them.
-    Seeded: the same inputs and seed give the same paths.
+    ``on_step`` as in :func:`decode`. Seeded: the same inputs and seed give the same paths.
     """
     cfg = model.cfg
     n_ctx = cfg.context_length if context_length is None else int(context_length)
@@ -188,7 +192,7 @@ def forecast(model: LagLlama, history: np.ndarray, *, horizon: int = 128, n_samp
     with torch.inference_mode():
         paths, _ = decode(model, torch.as_tensor(past, **to), torch.as_tensor(obs, **to), horizon,
                           n_samples=n_samples, draw=draw, cache=cache, scaler="frozen",
-                          past_time_feat=past_tf, future_time_feat=fut_tf)
+                          past_time_feat=past_tf, future_time_feat=fut_tf, on_step=on_step)
     samples = paths.float().cpu().numpy().reshape(past.shape[0], n_samples, horizon)
     levels = tuple(float(q) for q in quantile_levels)
     quantiles = np.quantile(samples, levels, axis=1).transpose(1, 2, 0).astype(np.float32)

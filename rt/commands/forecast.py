@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     s.add_argument("--checkpoint", default=None,
                    help="Lag-Llama .ckpt (official layout; default data/models/lagllama-exoloop.ckpt)")
     s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the worker (default: torch's)")
-    s.add_argument("--status-s", type=float, default=1.0, help="seconds between state lines (default 1)")
+    s.add_argument("--status-s", type=float, default=1.0,
+                   help="seconds between heartbeats: state reports on topic forecaster and printed lines (default 1)")
     s.set_defaults(func=_serve)
 
     f = cmds.add_parser("finetune", help="train on recordings, write a checkpoint")
@@ -70,9 +71,19 @@ def _threads(n: int | None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """A refused checkpoint or a bad config exits with EXIT_PERMANENT: the supervisor does not
+    restart what a restart cannot fix (and never runs a refused file again)."""
+    from kernels.config import ConfigError
+    from models.lagllama.checkpoint import CheckpointError
     from rt.forecast_worker import serve
+    from rt.supervisor import EXIT_PERMANENT
 
-    serve(args.connect, args.publish, args.config, args.checkpoint, threads=args.threads, status_s=args.status_s)
+    try:
+        serve(args.connect, args.publish, args.config, args.checkpoint, threads=args.threads,
+              status_s=args.status_s)
+    except (CheckpointError, ConfigError) as exc:
+        print(f"exoloop forecast serve: error: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
     return 0
 
 
