@@ -114,11 +114,12 @@ class GPRModel:
 
 
 @njit(cache=True)
-def _gpr_kernel(frame, x_train, alpha, sigma_f2, inv2l2, mean, std, out):
+def _gpr_kernel(frame, x_train, alpha, sigma_f2, inv2l2, mean, std, z, out):
+    """``z = k(frame, X) @ alpha`` (standardised), ``out = z * std + mean`` (units)."""
     n, f = x_train.shape
     t = alpha.shape[1]
     for j in range(t):
-        out[j] = 0.0
+        z[j] = 0.0
     for i in range(n):
         d2 = 0.0
         for c in range(f):
@@ -126,21 +127,35 @@ def _gpr_kernel(frame, x_train, alpha, sigma_f2, inv2l2, mean, std, out):
             d2 += d * d
         k = sigma_f2 * math.exp(-d2 * inv2l2)
         for j in range(t):
-            out[j] += k * alpha[i, j]
+            z[j] += k * alpha[i, j]
     for j in range(t):
-        out[j] = out[j] * std[j] + mean[j]
+        out[j] = z[j] * std[j] + mean[j]
 
 
 class GPRStepEngine:
-    """Step engine for a :class:`GPRModel` (stateless: ``reset`` is a no-op)."""
+    """Step engine for a :class:`GPRModel` (stateless: ``reset`` is a no-op).
+
+    Its readout (for :mod:`models.adapt`) is the identity on the standardised posterior mean:
+    ``features`` = ``k(x, X) @ alpha``, ``W = I``, ``b = 0`` — adapting it fits an affine
+    correction of the GPR's prediction."""
 
     def __init__(self, model: GPRModel):
         self.model = model
         self.n_features = model.x_train.shape[1]
         self.n_targets = model.alpha.shape[1]
+        self._z = np.zeros(self.n_targets)
         self._out64 = np.empty(self.n_targets)
         self._out = np.empty(self.n_targets, dtype=np.float32)
         self._inv = 0.5 / model.length ** 2
+
+    @property
+    def features(self) -> np.ndarray:
+        return self._z
+
+    def readout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        m = self.model
+        return (np.eye(self.n_targets), np.zeros(self.n_targets), np.asarray(m.target_mean, np.float64).copy(),
+                np.asarray(m.target_std, np.float64).copy())
 
     def reset(self) -> None:
         pass
@@ -151,6 +166,7 @@ class GPRStepEngine:
     def step(self, frame: np.ndarray) -> np.ndarray:
         frame = check_frame(frame, self.n_features)
         m = self.model
-        _gpr_kernel(frame, m.x_train, m.alpha, m.sigma_f2, self._inv, m.target_mean, m.target_std, self._out64)
+        _gpr_kernel(frame, m.x_train, m.alpha, m.sigma_f2, self._inv, m.target_mean, m.target_std, self._z,
+                    self._out64)
         self._out[:] = self._out64
         return self._out

@@ -97,8 +97,13 @@ def save_bundle(path: str | Path, *, config: Config, norm_stats: NormStats, kind
         "config": config.to_dict(),
         "metrics": metrics or {},
         "training": training or {},
-        "arrays": {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in sorted(arrays.items())},
     }
+    return _write(path, manifest, arrays)
+
+
+def _write(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """Hash ``manifest`` + ``arrays`` and write the zip atomically; returns the hash."""
+    manifest["arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in sorted(arrays.items())}
     manifest["content_hash"] = _content_hash(manifest, arrays)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +116,22 @@ def save_bundle(path: str | Path, *, config: Config, norm_stats: NormStats, kind
             z.writestr(f"arrays/{name}.npy", buf.getvalue())
     tmp.replace(path)
     return manifest["content_hash"]
+
+
+def save_derived(bundle: "Bundle", path: str | Path, *, arrays: dict[str, np.ndarray],
+                 training: dict[str, Any]) -> str:
+    """Write a copy of ``bundle`` with some ``arrays`` replaced (same names, shapes and dtypes)
+    and ``training`` merged into its training facts; everything else (config, statistics, any
+    other manifest field) is kept, except ``metrics``, which described the old weights."""
+    for k, v in arrays.items():
+        old = bundle.arrays.get(k)
+        if old is None or old.shape != v.shape or old.dtype != v.dtype:
+            raise BundleError(f"derived bundle: array {k!r} {v.dtype}{list(v.shape)} does not replace "
+                              f"{None if old is None else f'{old.dtype}{list(old.shape)}'}")
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["metrics"] = {}
+    manifest["training"] = {**manifest.get("training", {}), **training}
+    return _write(path, manifest, {**bundle.arrays, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}})
 
 
 @dataclass

@@ -33,6 +33,8 @@ _HEADER = 6
 _PER_BLOCK = 5
 _EPS_NORM = 1e-5  # xlstm LayerNorm / MultiHeadLayerNorm eps
 _EPS_MLSTM = 1e-6  # mLSTM recurrent step's denominator eps
+#: Scratch row holding the vector the output head reads (``work[HEAD_INPUT_ROW, :E]`` after a step).
+HEAD_INPUT_ROW = 6
 
 
 # --------------------------------------------------------------------------- numeric helpers
@@ -269,7 +271,7 @@ def _lstm_layer(x, IN, H, params, poff, k, state, soff, s, work, hout):
 def step_kernel(frame, dims, params, poff, state, soff, work, out):
     """One frame through the exported model, state updated in place; ``out`` in target units."""
     F, E, T, nb, has_in, has_post = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]
-    h = work[6]
+    h = work[HEAD_INPUT_ROW]
     xin = work[7]
     for i in range(F):
         xin[i] = frame[i]
@@ -431,6 +433,15 @@ def export_model(model) -> dict[str, np.ndarray]:
     state0, soff = st.build()
     return {"dims": np.asarray(dims, dtype=np.int64), "params": params, "poff": poff,
             "soff": soff, "state0": state0}
+
+
+def readout(dims: np.ndarray, params: np.ndarray, poff: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Copies of the head ``W [T, E]``, ``b [T]`` and the target ``mean``, ``std`` [T]: the last
+    four parameter slots (``step_kernel``: ``out = (W @ h + b) * std + mean``)."""
+    E, T = int(dims[1]), int(dims[2])
+    w, b, mean, std = (params[poff[k]:poff[k + 1]].copy() for k in range(len(poff) - 5, len(poff) - 1))
+    return w.reshape(T, E), b, mean, std
 
 
 def work_size(dims: np.ndarray) -> int:

@@ -12,6 +12,12 @@ weights:
   the hot path. Equal to the eager step within 1e-5 (standardised units; tests).
 
 ``step`` returns a preallocated buffer, valid until the next ``step`` (copy to keep it).
+
+Readout (for :mod:`models.adapt`): every engine exposes ``features``, a preallocated float64
+view of the vector its output head reads after the last ``step`` (the final hidden vector:
+the post-blocks norm's output for the xLSTM, the top LSTM layer's output for the LSTM), and
+``readout() -> (W, b, mean, std)`` (float64 copies) with
+``step(frame) == (W @ features + b) * std + mean`` (float32 rounding).
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ class StepEngine(Protocol):
     def reset(self) -> None: ...
 
     def warmup(self) -> None: ...
+
+    @property
+    def features(self) -> np.ndarray: ...
+
+    def readout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def _torch_readout(model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(W, b, mean, std)`` of a regressor's linear head and target de-standardisation, float64."""
+    return tuple(t.detach().double().numpy().copy() for t in
+                 (model.head.weight, model.head.bias, model.target_mean, model.target_std))
 
 
 def check_frame(frame: np.ndarray, n_features: int) -> np.ndarray:
@@ -67,6 +84,18 @@ class EagerStepEngine:
         self._dtype = next(model.parameters()).dtype
         self._state = None
         self._out = np.empty(self.n_targets, dtype=np.float32)
+        self._features = np.zeros(model.spec.hidden, dtype=np.float64)
+        model.head.register_forward_pre_hook(self._keep_head_input)
+
+    def _keep_head_input(self, _module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self._features[:] = args[0].reshape(-1, self._features.shape[0])[-1].double().numpy()
+
+    @property
+    def features(self) -> np.ndarray:
+        return self._features
+
+    def readout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return _torch_readout(self.model)
 
     def reset(self) -> None:
         self._state = None
@@ -95,6 +124,14 @@ class CompiledStepEngine:
         self._state = self._state0.copy()
         self._work = np.zeros((8, cs.work_size(self._dims)), dtype=np.float64)
         self._out = np.empty(self.n_targets, dtype=np.float32)
+        self._features = self._work[cs.HEAD_INPUT_ROW, :int(self._dims[1])]
+
+    @property
+    def features(self) -> np.ndarray:
+        return self._features
+
+    def readout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return cs.readout(self._dims, self._params, self._poff)
 
     def reset(self) -> None:
         self._state[:] = self._state0

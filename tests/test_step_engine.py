@@ -97,3 +97,20 @@ def test_bad_frames_are_clear_errors(kind):
     out64 = engine.step(np.full(24, 0.5, np.float64)).copy()  # float64 is converted
     engine.reset()
     np.testing.assert_array_equal(out64, engine.step(np.full(24, 0.5, np.float32)))
+
+
+def test_readout_features_are_the_head_input(model):
+    """``features`` (compiled: a view into its scratch; eager: the head's input, hooked) agree,
+    and ``(W @ features + b) * std + mean`` is the step's output (float32 rounding)."""
+    x = np.random.default_rng(4).uniform(-1, 1, (50, 24)).astype(np.float32)
+    comp, eager = CompiledStepEngine(model), EagerStepEngine(model)
+    w, b, mean, std = comp.readout()
+    for name, a, c in zip(("W", "b", "mean", "std"), (w, b, mean, std), eager.readout()):
+        np.testing.assert_allclose(a, c, rtol=0, atol=1e-7, err_msg=name)  # same float32 weights
+    view = comp.features
+    for f in x:
+        yc, ye = comp.step(f), eager.step(f)
+        assert comp.features is view  # no allocation: the same buffer every step
+        assert np.max(np.abs(comp.features - eager.features)) <= 1e-5  # float32 eager vs float64 kernel
+        assert np.max(np.abs(_z((w @ comp.features + b) * std + mean) - _z(yc))) <= 1e-6
+        assert np.max(np.abs(_z((w @ eager.features + b) * std + mean) - _z(ye))) <= 1e-5
