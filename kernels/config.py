@@ -9,6 +9,7 @@ naming the dotted key, what was expected and what was found.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -147,6 +148,8 @@ class ControllerConfig:
     rate: tuple[float, ...]
     watchdog_hops: int = 2
     safe_mode: str = "hold"
+    max_age_ms: float = 100.0  #: a pred older than this (now - t_src, LSL clock) is refused
+    future_tolerance_ms: float = 5.0  #: a pred whose t_src is further ahead of now is refused
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,12 @@ def _validate(cfg: Config) -> None:
     _check(c.watchdog_hops >= 1, "controller.watchdog_hops", "must be >= 1")
     _check(c.safe_mode in ("hold", "zero"), "controller.safe_mode",
            f"must be 'hold' or 'zero', got {c.safe_mode!r}")
+    _check(all(lo <= 0 <= hi for lo, hi in zip(c.lower, c.upper)), "controller.lower",
+           "0 (the start command and the 'zero' safe command) must lie within [lower, upper]")
+    _check(math.isfinite(c.max_age_ms) and c.max_age_ms > 0, "controller.max_age_ms",
+           f"must be > 0, got {c.max_age_ms}")
+    _check(math.isfinite(c.future_tolerance_ms) and c.future_tolerance_ms >= 0, "controller.future_tolerance_ms",
+           f"must be >= 0, got {c.future_tolerance_ms}")
 
 
 def parse_config(data: dict[str, Any]) -> Config:
