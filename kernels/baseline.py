@@ -24,6 +24,19 @@ def running_mean_alpha(tau_s: float, fs: float) -> float:
     return 1.0 - math.exp(-1.0 / (tau_s * fs))
 
 
+def decay_samples(alpha: float, tol: float = 1e-3) -> int:
+    """Samples after which the baseline's response to one input impulse stays below ``tol`` of it.
+
+    ``y = x - m``: an impulse ``d`` passes at once (``d (1 - alpha)``), then leaves
+    ``-d alpha (1 - alpha)**k`` on sample ``k`` as the mean forgets it; 0 when ``alpha < tol``.
+    (A held bad sample perturbs by the signal's own excursion; a spike let through would need
+    ``ln(spike / level)`` time constants instead, which is why the front end holds it.)
+    """
+    if alpha < tol:
+        return 0
+    return int(math.ceil(math.log(tol / alpha) / math.log1p(-alpha))) + 1
+
+
 @njit(cache=True)
 def remove_running_mean(
     x: np.ndarray,

@@ -24,18 +24,32 @@ import numpy as np
 from numba import njit
 
 from kernels import flags as fl
+from kernels import baseline
 from kernels.baseline import remove_running_mean, running_mean_alpha
 from kernels.config import Config
 from kernels.features import feature_names as _feature_names
 from kernels.features import FEATURES, N_PER_CHANNEL, channel_thresholds, frames_for, push_windows
+from kernels import iir
 from kernels.iir import design_sos, settling_samples, sos_filter
 from kernels.normalize import NormStats, feature_range, scale_features
 from kernels.sanitize import inspect_chunk
 from kernels.wavelet import StreamingWaveletDenoiser
 
-#: Row flags that mark every frame whose window (plus the denoiser's lookahead) contains the row.
+#: Row flags that mark every frame whose window plus the chain's settling span contains the row.
 WINDOW_BITS = (fl.GAP, fl.NONFINITE, fl.NONMONOTONIC, fl.SATURATION)
 _WINDOW_BITS = np.array(WINDOW_BITS, dtype=np.uint32)
+_GAP_INDEX = WINDOW_BITS.index(fl.GAP)
+#: Row flags a frame takes from its newest row only.
+_ROW_BITS = np.uint32(fl.FLAT | fl.LOW_LEVEL)
+
+#: A perturbation has settled when the chain's response to it stays below this fraction of its
+#: size. With bad samples held, a perturbation is at most the signal's own excursion (the held
+#: value against the true one), so the remainder is below 1e-3 of a signal excursion: on the
+#: bundled recordings below a 1e-3 change of any scaled feature (tests/test_frontend_flags.py).
+SETTLE_TOL = 1e-3
+#: |scaled feature| above this is OUT_OF_DOMAIN: training frames span [-1, 1] (min to max), so
+#: 3 is a whole training range (width 2) beyond its edge — extrapolation, not interpolation.
+OOD_LIMIT = 3.0
 
 
 class Frames(NamedTuple):
@@ -49,22 +63,27 @@ class Frames(NamedTuple):
 
 @njit(cache=True)
 def _stage_in(
-    raw, t, saturation, max_step, period, flat_len, held, seen, run, last_t,
+    raw, t, saturation, max_step, period, flat_len, floor_sum, held, seen, run, last_t, steps, level, pos,
     alpha, mean, seeded, inv_scale, out, t_out, start, row_flags,
 ):  # fmt: skip
-    """Inspection → baseline removal → max-abs scaling, into ``out`` float64[n, C]."""
-    inspect_chunk(raw, t, saturation, max_step, period, flat_len, held, seen, run, last_t, out, t_out, start, row_flags)
-    remove_running_mean(out, alpha, mean, seeded, start, out)
-    n, n_ch = out.shape
-    for i in range(n):
+    """Inspection → baseline removal → max-abs scaling, into ``out`` float64[n, C].
+
+    Returns the rows done: all, or those before the first time jump (the caller restarts there).
+    """
+    m = inspect_chunk(raw, t, saturation, max_step, period, flat_len, floor_sum, held, seen, run, last_t,
+                      steps, level, pos, out, t_out, start, row_flags)  # fmt: skip
+    remove_running_mean(out[:m], alpha, mean, seeded, start, out[:m])
+    n_ch = out.shape[1]
+    for i in range(m):
         for c in range(n_ch):
             out[i, c] *= inv_scale[c]
+    return m
 
 
 @njit(cache=True)
 def _stage_out(
     x, x_row, sos, sos_state, ring, count, hop, thr, feats, rows,
-    row_flags, t_in, base_row, last_row, span, warmup_rows, lo, hi,
+    row_flags, t_in, base_row, last_row, span, warmup_rows, lo, hi, ood_limit, pending, j0,
     out_t, out_features, out_flags,
 ):  # fmt: skip
     """Band-pass → windows → features → scaling → frame flags; returns the number of frames.
@@ -72,14 +91,17 @@ def _stage_out(
     ``x`` float64[m, C]: the rows of the signal stream ``x_row .. x_row + m - 1``; ``row_flags``
     and ``t_in`` [n]: the input rows ``base_row .. base_row + n - 1`` of this chunk. A frame's
     newest row must be one of these input rows (the denoiser's blocks end on frame rows).
+    Frames are written from index ``j0`` of ``out_*``; ``pending`` uint32[1]: bits for the next
+    frame (RESTART), cleared once given.
     """
     sos_filter(x, sos, sos_state, x)
     k = push_windows(x, ring, count, hop, thr, feats, rows)
-    scale_features(feats[:k], lo, hi, out_features[:k])
+    scale_features(feats[:k], lo, hi, out_features[j0 : j0 + k])
     for j in range(k):
         rows[j] += x_row - base_row  # chunk row of the frame's newest input row
     n = row_flags.shape[0]
     n_bits = _WINDOW_BITS.shape[0]
+    n_f = out_features.shape[1]
     j = 0
     for i in range(n):
         f = row_flags[i]
@@ -88,14 +110,19 @@ def _stage_out(
             if f & _WINDOW_BITS[b]:
                 last_row[b] = g
         if j < k and rows[j] == i:
-            ff = f & np.uint32(fl.FLAT)
+            ff = (f & _ROW_BITS) | pending[0]
+            pending[0] = 0
             for b in range(n_bits):
                 if g - last_row[b] < span:
                     ff |= _WINDOW_BITS[b]
             if g < warmup_rows:
                 ff |= np.uint32(fl.WARMUP)
-            out_flags[j] = ff
-            out_t[j] = t_in[i]
+            for q in range(n_f):
+                if abs(out_features[j0 + j, q]) > ood_limit:
+                    ff |= np.uint32(fl.OUT_OF_DOMAIN)
+                    break
+            out_flags[j0 + j] = ff
+            out_t[j0 + j] = t_in[i]
             j += 1
     return k
 
@@ -129,6 +156,7 @@ class FrontEnd:
         self._max_step = s.gap_factor / s.fs
         self._flat_len = int(fe.window.length)
         self._alpha = running_mean_alpha(fe.baseline.tau_s, s.fs) if fe.baseline.method == "running_mean" else 0.0
+        self._floor_sum = self.stats.level_floor * (fe.window.length - 1)
         self._inv_scale = 1.0 / self.stats.signal_maxabs
         self._lo = self.stats.feature_lo.copy()
         self._hi = self.stats.feature_hi.copy()
@@ -144,16 +172,34 @@ class FrontEnd:
         #: newest input sample's time; the newest signal sample in its window is this many
         #: samples older (older window samples saw up to ``hop - 1`` more lookahead).
         self.delay_samples: int = int(self.wavelet.delay) if self.wavelet is not None else 0
+        #: samples after which one perturbed input sample moves no stage's output by more than
+        #: SETTLE_TOL of its size, summed over the stages (the support of their convolution):
+        #: baseline (its mean's memory), denoiser (an input row reaches output rows up to
+        #: lookahead + (2**level - 1)(filter length - 1) later), band-pass (impulse-response decay).
+        self.settle_samples: int = (
+            baseline.decay_samples(self._alpha, SETTLE_TOL)
+            + (self.delay_samples + self.wavelet.exact_lookahead if self.wavelet is not None else 0)
+            + iir.decay_samples(self.sos, SETTLE_TOL)
+        )
+        #: a frame carries a row's GAP/NONFINITE/NONMONOTONIC/SATURATION bit while the row is among
+        #: its last ``span_samples`` input rows: the window plus the settling span.
+        self.span_samples: int = self.length + self.settle_samples
         baseline_rows = int(np.ceil(fe.baseline.tau_s * s.fs)) if fe.baseline.method == "running_mean" else 0
-        #: frames whose newest input row index is below this are flagged WARMUP.
-        self.warmup_samples: int = self.delay_samples + max(baseline_rows, settling_samples(self.sos)) + self.length
-        self._span = self.length + self.delay_samples
+        #: frames whose newest input row index (since reset or restart) is below this are WARMUP.
+        self.warmup_samples: int = max(self.delay_samples + max(baseline_rows, settling_samples(self.sos)) + self.length,
+                                       self.span_samples)  # fmt: skip
+        #: times the front end restarted itself or was restarted (:meth:`restart`).
+        self.restarts = 0
 
         c = self.n_channels
         self._held = np.zeros(c)
         self._seen = np.zeros(c, dtype=np.uint8)
         self._run = np.zeros(c, dtype=np.int64)
         self._last_t = np.full(1, np.nan)
+        self._steps = np.zeros((c, self.length - 1))
+        self._level = np.zeros(c)
+        self._pos = np.zeros(2, dtype=np.int64)
+        self._pending = np.zeros(1, dtype=np.uint32)
         self._mean = np.zeros(c)
         self._seeded = np.zeros(c, dtype=np.uint8)
         self._start = np.zeros(c, dtype=np.int64)
@@ -193,20 +239,28 @@ class FrontEnd:
         buffers); integer or other dtypes are refused. Returns views into buffers that the next
         ``push`` overwrites — copy what you keep.
         """
-        n = self._condition(timestamps, samples)
-        a = self._a[:n]
-        if self.wavelet is not None:
-            a = self._b[: self.wavelet.process(a, self._b)]
-        k = _stage_out(a, self._rows_out, self.sos, self._sos_state, self._ring, self._count, self.hop, self.thresholds,
-                       self._feats, self._rows, self._row_flags[:n], self._t_out[:n], self._rows_seen,
-                       self._last_row, self._span, self.warmup_samples, self._lo, self._hi,
-                       self._out_t, self._out_features, self._out_flags)  # fmt: skip
-        self._rows_seen += n
-        self._rows_out += a.shape[0]
-        return Frames(self._out_t[:k], self._out_features[:k], self._out_flags[:k])
+        timestamps, samples = self._conform(timestamps, samples)
+        n = samples.shape[0]
+        i0 = k = 0
+        while True:  # once, unless the chunk holds a time jump: then restart at each jump row
+            m = self._inspect(timestamps, samples, i0)
+            a = self._a[i0 : i0 + m]
+            if self.wavelet is not None:
+                a = self._b[: self.wavelet.process(a, self._b)]
+            k += _stage_out(a, self._rows_out, self.sos, self._sos_state, self._ring, self._count, self.hop,
+                            self.thresholds, self._feats, self._rows, self._row_flags[i0 : i0 + m],
+                            self._t_out[i0 : i0 + m], self._rows_seen, self._last_row, self.span_samples,
+                            self.warmup_samples, self._lo, self._hi, OOD_LIMIT, self._pending, k,
+                            self._out_t, self._out_features, self._out_flags)  # fmt: skip
+            self._rows_seen += m
+            self._rows_out += a.shape[0]
+            i0 += m
+            if i0 >= n:
+                return Frames(self._out_t[:k], self._out_features[:k], self._out_flags[:k])
+            self.restart()
 
-    def _condition(self, timestamps: np.ndarray, samples: np.ndarray) -> int:
-        """Stages 1–3 of a chunk into ``_a[:n]`` (scaled signal), ``_t_out[:n]``, ``_row_flags[:n]``; returns n."""
+    def _conform(self, timestamps: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Check a chunk; float32 C-contiguous samples and float64 timestamps (copied into buffers if not)."""
         n = self._check(timestamps, samples)
         if n > self._capacity:
             self._grow(n)
@@ -216,11 +270,17 @@ class FrontEnd:
         if timestamps.dtype != np.float64 or not timestamps.flags.c_contiguous:
             np.copyto(self._t[:n], timestamps, casting="same_kind")
             timestamps = self._t[:n]
-        _stage_in(samples, timestamps, self._saturation, self._max_step, self._period, self._flat_len,
-                  self._held, self._seen, self._run, self._last_t,
-                  self._alpha, self._mean, self._seeded, self._inv_scale,
-                  self._a[:n], self._t_out[:n], self._start, self._row_flags[:n])  # fmt: skip
-        return n
+        return timestamps, samples
+
+    def _inspect(self, timestamps: np.ndarray, samples: np.ndarray, i0: int) -> int:
+        """Stages 1–3 of rows ``i0..`` into ``_a``, ``_t_out``, ``_row_flags`` (same rows); returns
+        the rows done (up to the next time jump)."""
+        n = samples.shape[0]
+        return _stage_in(samples[i0:], timestamps[i0:], self._saturation, self._max_step, self._period,
+                         self._flat_len, self._floor_sum, self._held, self._seen, self._run, self._last_t,
+                         self._steps, self._level, self._pos, self._alpha, self._mean, self._seeded,
+                         self._inv_scale, self._a[i0:n], self._t_out[i0:n], self._start,
+                         self._row_flags[i0:n])  # fmt: skip
 
     def reset(self) -> None:
         """Back to the state of a fresh object (all filters at rest, no samples seen)."""
@@ -228,6 +288,10 @@ class FrontEnd:
         self._seen[:] = 0
         self._run[:] = 0
         self._last_t[:] = np.nan
+        self._steps[:] = 0.0
+        self._level[:] = 0.0
+        self._pos[:] = 0
+        self._pending[:] = 0
         self._mean[:] = 0.0
         self._seeded[:] = 0 if self._alpha > 0 else 1
         self._sos_state[:] = 0.0
@@ -238,6 +302,16 @@ class FrontEnd:
         self._rows_out = 0
         if self.wavelet is not None:
             self.wavelet.reset()
+
+    def restart(self) -> None:
+        """The stream was interrupted (a time jump, done by :meth:`push` itself, or a reconnect,
+        by the caller): :meth:`reset`, then the next frames carry GAP for ``span_samples`` rows
+        and WARMUP for ``warmup_samples``, and the first of them RESTART (so the caller resets
+        whatever state it keeps per frame, e.g. a recurrent model)."""
+        self.reset()
+        self._last_row[_GAP_INDEX] = 0
+        self._pending[0] = fl.RESTART
+        self.restarts += 1
 
     def warmup(self) -> None:
         """Compile every kernel on a tiny chunk, then reset: the first live chunk pays no compile."""
@@ -298,19 +372,53 @@ def run_offline(frontend: FrontEnd, timestamps: np.ndarray, samples: np.ndarray,
     return Frames(np.concatenate(ts), np.concatenate(fs), np.concatenate(fls))
 
 
-def fit_signal_maxabs(config: Config, recordings: Iterable[tuple[np.ndarray, np.ndarray]], chunk: int = 4096) -> np.ndarray:
-    """Pass 1 of fitting: max |x| per channel (float64[C], signal units) after baseline removal."""
-    fe = FrontEnd(config, None, max_chunk=chunk)
+#: The LOW_LEVEL floor is this fraction of the channel's 1st percentile of the training level.
+#: On the bundled UCI recordings (all 27 files; 9 train the shipped bundle) the lowest clean
+#: window level is 0.5-0.8 of the training 1st percentile and an electrode off (1e-4 mV white
+#: noise) gives 0.10-0.15 of it: a quarter leaves a margin of about 2 either side.
+LEVEL_FLOOR_FRACTION = 0.25
+_BAD_ROWS = fl.GAP | fl.NONFINITE | fl.SATURATION | fl.FLAT | fl.NONMONOTONIC
+
+
+def fit_signal_levels(config: Config, recordings: Iterable[tuple[np.ndarray, np.ndarray]]
+                      ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Pass 1 of fitting: ``(signal_maxabs, level_floor)``, float64[C] each, signal units.
+
+    ``signal_maxabs``: max |x| per channel after baseline removal. ``level_floor``:
+    :data:`LEVEL_FLOOR_FRACTION` x the 1st percentile of the window level (the inspection
+    kernel's own mean raw |x[i] - x[i-1]| over ``length`` rows, read at every hop) over windows
+    with no held, flat or time-flagged row.
+    """
+    fe = FrontEnd(config, None)
+    hop, length = fe.hop, fe.length
     peak = np.zeros(config.stream.n_channels)
+    levels = []
     for t, x in recordings:
         fe.reset()
-        for i in range(0, len(x), chunk):
-            n = fe._condition(t[i : i + chunk], x[i : i + chunk])
-            np.maximum(peak, np.abs(fe._a[:n]).max(axis=0), out=peak)
+        t, x = np.asarray(t), np.asarray(x)
+        rows, bad = 0, -1  # rows since (re)start; the newest row with a _BAD_ROWS flag (-1: none)
+        for i in range(0, len(x), hop):
+            ts, xs = fe._conform(t[i : i + hop], x[i : i + hop])
+            i0 = 0
+            while i0 < len(xs):
+                m = fe._inspect(ts, xs, i0)
+                if m == 0:
+                    fe.reset()
+                    rows, bad = 0, -1
+                    continue
+                np.maximum(peak, np.abs(fe._a[i0 : i0 + m]).max(axis=0), out=peak)
+                hit = np.nonzero(fe._row_flags[i0 : i0 + m] & _BAD_ROWS)[0]
+                if len(hit):
+                    bad = rows + int(hit[-1])
+                rows += m
+                i0 += m
+            if rows - 1 - bad >= length:
+                levels.append(fe._level / (length - 1))
     dead = [ch for ch, p in zip(config.stream.channels, peak) if not p > 0]
     if dead:
         raise ValueError(f"norm stats: channel(s) {', '.join(dead)} are zero throughout the training recordings")
-    return peak
+    floor = LEVEL_FLOOR_FRACTION * np.percentile(np.array(levels), 1, axis=0) if levels else np.zeros_like(peak)
+    return peak, floor
 
 
 def _clean(flags: np.ndarray) -> np.ndarray:
@@ -331,7 +439,8 @@ def _raw_frames(config: Config, stats: NormStats, recs: list[tuple[np.ndarray, n
 def fit_norm_stats(config: Config, recordings: Iterable[tuple[np.ndarray, np.ndarray]], chunk: int = 256) -> NormStats:
     """Fit :class:`NormStats` on training recordings ``(timestamps float64[n], samples float32[n, C])``.
 
-    Pass 1: per-channel max |x| after baseline removal. Pass 2: a :class:`FrontEnd` with that
+    Pass 1 (:func:`fit_signal_levels`): per-channel max |x| after baseline removal and the
+    LOW_LEVEL floor. Pass 2: a :class:`FrontEnd` with that
     scaling and identity feature scaling; ``signal_step[c] = median(WL) / (length - 1)`` over the
     clean frames (not WARMUP nor ``flags.INVALID``; all frames if none is clean): the typical
     window's mean |x[i] - x[i-1]| of the band-passed signal. A step, because every count feature
@@ -341,7 +450,7 @@ def fit_norm_stats(config: Config, recordings: Iterable[tuple[np.ndarray, np.nda
     relative to that step; per-feature min/max over the clean frames.
     """
     recs = list(recordings)
-    maxabs = fit_signal_maxabs(config, recs)
+    maxabs, floor = fit_signal_levels(config, recs)
     ident = NormStats.identity(config)
     first = _raw_frames(config, NormStats(maxabs, ident.feature_lo, ident.feature_hi), recs, chunk)
     wl = first.features[_clean(first.flags)].astype(np.float64)[:, FEATURES.index("wl") :: N_PER_CHANNEL]
@@ -350,4 +459,4 @@ def fit_norm_stats(config: Config, recordings: Iterable[tuple[np.ndarray, np.nda
     step = np.median(wl, axis=0) / (config.frontend.window.length - 1)
     second = _raw_frames(config, NormStats(maxabs, ident.feature_lo, ident.feature_hi, step), recs, chunk)
     lo, hi = feature_range(second.features.astype(np.float64), _clean(second.flags))
-    return NormStats(maxabs, lo, hi, step)
+    return NormStats(maxabs, lo, hi, step, floor)

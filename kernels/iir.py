@@ -46,6 +46,20 @@ def settling_samples(sos: np.ndarray, tol: float = 1e-3, n: int = 1 << 16) -> in
     return int(np.argmax(below)) if below.any() else n
 
 
+def decay_samples(sos: np.ndarray, tol: float = 1e-3, n: int = 1 << 16) -> int:
+    """Samples after which every later impulse-response value satisfies ``|h[k]| < tol * max |h|``.
+
+    How long one perturbed input sample still moves the output by more than ``tol`` of the most
+    it ever does (the input's own size, for a band-pass). ``n`` bounds the search.
+    """
+    x = np.zeros(n)
+    x[0] = 1.0
+    h = np.abs(signal.sosfilt(sos, x))
+    tail = np.maximum.accumulate(h[::-1])[::-1]  # largest |h| from sample i to the end
+    below = tail < tol * h.max()
+    return int(np.argmax(below)) if below.any() else n
+
+
 @njit(cache=True)
 def sos_filter(x: np.ndarray, sos: np.ndarray, state: np.ndarray, out: np.ndarray) -> None:
     """Filter ``x`` (float64[n, C]) through ``sos`` (float64[S, 6]) into ``out`` (may be ``x``).

@@ -1,15 +1,24 @@
-"""Input inspection: hold non-finite samples, repair timestamps, mark each input row's flags.
+"""Input inspection: hold bad samples, repair timestamps, find time jumps, mark each input row's flags.
 
-Runs before any filter so that NaN/inf never reach filter state. Per input row ``i`` it sets
-bits of ``kernels.flags`` in ``row_flags[i]``:
+Runs before any filter so that NaN/inf and saturated values never reach filter state. Per input
+row ``i`` it sets bits of ``kernels.flags`` in ``row_flags[i]``:
 
-- NONFINITE: some channel was NaN/inf; the channel's last finite value is used instead
+- NONFINITE: some channel was NaN/inf; the channel's last good value is used instead
   (0 before it ever had one);
-- SATURATION: some finite raw sample had ``|x| >= saturation`` (signal units);
-- GAP: ``t[i] - t[i-1] > max_step`` (s), ``max_step = gap_factor / fs``;
-- NONMONOTONIC: ``t[i] < t[i-1]`` or ``t[i]`` not finite; the repaired time is
-  ``max(t[i], t[i-1])`` (``t[i-1] + 1/fs`` for a non-finite one), so output times never go back;
-- FLAT: some channel has held the same value for the last ``flat_len`` rows.
+- SATURATION: some finite raw sample had ``|x| >= saturation`` (signal units); it is held like a
+  NaN. A sample at the amplifier's limit is not a measurement, and letting it in would put
+  energy proportional to its size into the baseline mean and the band-pass (a 1e6 mV spike
+  moves a 1 s running mean for ~tau ln(1e6 / level) s): held, it perturbs the chain by no more
+  than the signal's own excursion, which the settling span bounds;
+- NONMONOTONIC: ``t[i] < t[i-1]`` (by at most ``max_step``) or ``t[i]`` not finite; the repaired
+  time is ``max(t[i], t[i-1])`` (``t[i-1] + 1/fs`` for a non-finite one);
+- FLAT: some channel has held the same value for the last ``flat_len`` rows;
+- LOW_LEVEL: some channel's mean |x[i] - x[i-1]| over the last ``flat_len`` rows (the window)
+  is below its floor (``floor_sum[c] / (flat_len - 1)``, signal units per sample).
+
+A *time jump* — a finite step ``|t[i] - t[i-1]| > max_step`` either way (samples lost, or the
+sender's clock jumped) — is not flagged here: :func:`inspect_chunk` stops before that row and
+the front end restarts there (flagging GAP).
 """
 
 from __future__ import annotations
@@ -21,9 +30,9 @@ from kernels import flags as fl
 
 _NONFINITE = np.uint32(fl.NONFINITE)
 _SATURATION = np.uint32(fl.SATURATION)
-_GAP = np.uint32(fl.GAP)
 _NONMONOTONIC = np.uint32(fl.NONMONOTONIC)
 _FLAT = np.uint32(fl.FLAT)
+_LOW_LEVEL = np.uint32(fl.LOW_LEVEL)
 
 
 @njit(cache=True)
@@ -34,25 +43,34 @@ def inspect_chunk(
     max_step: float,
     period: float,
     flat_len: int,
+    floor_sum: np.ndarray,
     held: np.ndarray,
     seen: np.ndarray,
     run: np.ndarray,
     last_t: np.ndarray,
+    steps: np.ndarray,
+    level: np.ndarray,
+    pos: np.ndarray,
     out: np.ndarray,
     t_out: np.ndarray,
     start: np.ndarray,
     row_flags: np.ndarray,
-) -> None:
+) -> int:
     """Inspect one chunk: ``raw`` float32/float64[n, C], ``t`` float64[n] (s).
 
-    Writes ``out`` float64[n, C] (finite values), ``t_out`` float64[n] (repaired times),
-    ``start`` int64[C] (first row where the channel has real data: 0 if it had some before the
-    chunk, ``n`` if it still has none) and ``row_flags`` uint32[n].
-    State, updated in place: ``held`` float64[C] last finite value, ``seen`` uint8[C] had a
-    finite value, ``run`` int64[C] rows the value has stayed the same, ``last_t`` float64[1]
-    last repaired time (NaN before the first row).
+    Returns the number of rows inspected: ``n``, or the index of the first row that jumps in
+    time (see the module docstring; never 0 twice: after a reset ``last_t`` is NaN).
+    Writes, for those rows, ``out`` float64[n, C] (held values), ``t_out`` float64[n] (repaired
+    times), ``start`` int64[C] (first row where the channel has real data: 0 if it had some
+    before the chunk, ``n`` if it still has none) and ``row_flags`` uint32[n].
+    ``floor_sum`` float64[C]: LOW_LEVEL floor times ``flat_len - 1`` (0 disables the check).
+    State, updated in place: ``held`` float64[C] last good value, ``seen`` uint8[C] had a good
+    value, ``run`` int64[C] rows the value has stayed the same, ``last_t`` float64[1] last
+    repaired time (NaN before the first row), ``steps`` float64[C, flat_len - 1] ring of the
+    last |x[i] - x[i-1]|, ``level`` float64[C] their sum, ``pos`` int64[2] (ring slot, rows).
     """
     n, n_ch = raw.shape
+    ring = steps.shape[1]
     for c in range(n_ch):
         start[c] = 0 if seen[c] else n
     for i in range(n):
@@ -63,23 +81,31 @@ def inspect_chunk(
             f |= _NONMONOTONIC
             ti = prev + period if np.isfinite(prev) else 0.0
         elif np.isfinite(prev):
+            if abs(ti - prev) > max_step:
+                return i
             if ti < prev:
                 f |= _NONMONOTONIC
                 ti = prev
-            elif ti - prev > max_step:
-                f |= _GAP
         t_out[i] = ti
         last_t[0] = ti
+        slot = pos[0]
+        full = pos[1] + 1 >= flat_len
         for c in range(n_ch):
             v = np.float64(raw[i, c])
-            if np.isfinite(v):
-                if abs(v) >= saturation:
-                    f |= _SATURATION
-                if not seen[c]:
+            good = np.isfinite(v)
+            if not good:
+                f |= _NONFINITE
+            elif abs(v) >= saturation:
+                f |= _SATURATION
+                good = False
+            d = 0.0
+            if good:
+                if seen[c]:
+                    d = abs(v - held[c])
+                else:
                     seen[c] = 1
                     start[c] = i
             else:
-                f |= _NONFINITE
                 v = held[c]
             if v == held[c]:
                 run[c] += 1
@@ -88,5 +114,12 @@ def inspect_chunk(
             held[c] = v
             if run[c] >= flat_len:
                 f |= _FLAT
+            level[c] += d - steps[c, slot]
+            steps[c, slot] = d
+            if full and level[c] < floor_sum[c] and floor_sum[c] > 0.0:
+                f |= _LOW_LEVEL
             out[i, c] = v
+        pos[0] = slot + 1 if slot + 1 < ring else 0
+        pos[1] += 1
         row_flags[i] = f
+    return n

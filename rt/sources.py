@@ -2,7 +2,15 @@
 
 Both ``pull(timeout)`` and return ``(timestamps float64[n], samples float32[n, C])`` views that
 stay valid until the next pull. ``chunk_flags`` holds the ``kernels.flags`` bits for the last
-chunk (GAP when samples were lost before or inside it, NONMONOTONIC when time went backwards).
+chunk (GAP when samples were lost before or inside it, NONMONOTONIC when time went backwards,
+RATE while the measured rate is off nominal or not yet verified; the loop passes RATE on).
+
+Rate (LslSource): samples *arrived* per second of this host's LSL clock — pulled plus still
+queued in the inlet, so a consumer that falls behind does not bias it — over the last 1–2 s
+(:data:`RATE_WINDOW_S` per update, measured across the last two updates), and the rate the
+timestamps claim (``fs_measured``). Both must be within :data:`RATE_TOL` of nominal. The
+arrival count is what catches a sender whose timestamps lie (pushing 500 samples/s stamped
+1 ms apart); until the first measurement after a (re)connect the rate is not verified.
 
 LslSource clock handling: the inlet runs with ``proc_clocksync`` only. liblsl then adds its
 background estimate of the sender's clock offset (``time_correction()``, refreshed every few
@@ -27,8 +35,12 @@ from rt.lsl_streams import resolve_or_raise, spec_of
 from rt.recordings import Recording
 from rt.recordings.recording import RATE_RTOL, label_key
 
-#: Seconds of timestamps over which the effective rate is measured.
+#: Seconds of timestamps over which the effective rate is measured (and between arrival-rate updates).
 RATE_WINDOW_S = 1.0
+#: Largest relative deviation of the measured rates from nominal that is not flagged RATE. A
+#: healthy stream is within 1 % over 1 s (one 10-sample chunk at 1000 Hz); 5 % over 1–2 s also
+#: tolerates a sender that stalls for up to ~50–100 ms and catches up.
+RATE_TOL = 0.05
 
 
 class StreamMismatch(ValueError):
@@ -40,7 +52,8 @@ class ReplaySource:
 
     ``speed`` None: as fast as pulled; else paced so that a chunk is released when its newest
     sample is due (recording time / speed after the first pull). Timestamps are the
-    recording's own. ``last_targets`` is the targets view (float32[n, T]) of the last chunk.
+    recording's own. ``last_targets`` is the targets view (float32[n, T]) of the last chunk and
+    ``last_timestamps`` its timestamps (:class:`rt.target_source.ReplayTargets`).
     """
 
     def __init__(self, recording: Recording, chunk: int = 10, speed: float | None = None) -> None:
@@ -56,6 +69,7 @@ class ReplaySource:
         self.exhausted = recording.n_samples == 0
         self.chunk_flags = 0
         self.last_targets: np.ndarray | None = None
+        self.last_timestamps = self._ts[:0]
 
     def pull(self, timeout: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """Next chunk; n == 0 at the end, or when a paced chunk is not due within ``timeout`` s."""
@@ -78,6 +92,7 @@ class ReplaySource:
         self.exhausted = j >= n
         if self.rec.targets is not None:
             self.last_targets = self.rec.targets[i:j]
+            self.last_timestamps = self._ts[i:j]
         return self._ts[i:j], self._x[i:j]
 
 
@@ -92,6 +107,8 @@ class SourceStats:
     gaps: int = 0
     lag_s: float = float("nan")
     backlog: int = 0
+    fs_arrival: float = float("nan")  #: samples arrived per second of the local clock (last 1–2 s)
+    rate_ok: bool = False  #: both rates within RATE_TOL of nominal (False until measured)
     reconnects: int = 0
     connected: bool = False
     clock_offset_s: float = float("nan")
@@ -123,6 +140,7 @@ class LslSource:
         self._t_last: float | None = None
         self._win_t0: float | None = None
         self._win_n = 0
+        self._arrivals: list[tuple[float, int]] = []  # (local clock, samples arrived) at the last rate updates
         self.stats = SourceStats()
         self.chunk_flags = 0
 
@@ -158,6 +176,9 @@ class LslSource:
         self._inlet = inlet
         self._uid = full.uid()
         self.stats.connected = True
+        self.stats.rate_ok = False
+        self.stats.fs_measured = self.stats.fs_arrival = float("nan")
+        self._arrivals = []
 
     def _disconnect(self) -> None:
         if self._inlet is not None:
@@ -204,7 +225,22 @@ class LslSource:
             self._ts[:n] = ts
             self._account(self._ts[:n])
             self.stats.backlog = self._inlet.samples_available()
+            self._check_rate()
+            if not self.stats.rate_ok:
+                self.chunk_flags |= flags.RATE
         return self._ts[:n], self._x[:n]
+
+    def _check_rate(self) -> None:
+        """Update ``fs_arrival`` and ``rate_ok`` (see the module docstring)."""
+        st, fs = self.stats, self.config.stream.fs
+        now, arrived = pylsl.local_clock(), st.samples + st.backlog
+        if not self._arrivals:
+            self._arrivals.append((now, arrived))
+        elif now - self._arrivals[-1][0] >= RATE_WINDOW_S:
+            t0, a0 = self._arrivals[0]
+            st.fs_arrival = (arrived - a0) / (now - t0)
+            self._arrivals = [self._arrivals[-1], (now, arrived)]
+            st.rate_ok = abs(st.fs_arrival - fs) <= RATE_TOL * fs and abs(st.fs_measured - fs) <= RATE_TOL * fs
 
     def _account(self, ts: np.ndarray) -> None:
         """Update gaps, dropped samples, rate and lag from one chunk's timestamps."""

@@ -1,7 +1,7 @@
 """Offline references for the front-end tests, written plainly in NumPy/scipy (no project kernels).
 
 Also: a tiny reader for the bundled UCI text files (numeric rows only), so the kernel tests do
-not depend on the recording loaders, and config helpers.
+not depend on the recording loaders, config helpers, and a chunked feeder of a front end.
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ def read_uci_emg(path: Path) -> np.ndarray:
         except ValueError:
             continue
     return np.asarray(rows, dtype=np.float32)
+
+
+def push_chunks(fe, t: np.ndarray, x: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(t, features, flags)`` of ``fe`` (reset first) fed ``x`` in chunks of ``sizes`` (cycled)."""
+    out, i, j = [], 0, 0
+    fe.reset()
+    while i < len(x):
+        s = sizes[j % len(sizes)]
+        fr = fe.push(t[i : i + s], x[i : i + s])
+        out.append((fr.t.copy(), fr.features.copy(), fr.flags.copy()))
+        i, j = i + s, j + 1
+    return tuple(np.concatenate(a) for a in zip(*out))
 
 
 def without_wavelet(config: Config) -> Config:

@@ -14,6 +14,7 @@ import pytest
 from frontend_reference import (
     frontend_np,
     hop_grid_denoise_np,
+    push_chunks,
     read_uci_emg,
     semg_like_noise,
     without_wavelet,
@@ -49,17 +50,6 @@ def _denoise(cfg):
                                          (win.length - 1) % win.hop)  # fmt: skip
 
 
-def _chunks(fe, t, x, sizes):
-    out, i, j = [], 0, 0
-    fe.reset()
-    while i < len(x):
-        s = sizes[j % len(sizes)]
-        fr = fe.push(t[i : i + s], x[i : i + s])
-        out.append((fr.t.copy(), fr.features.copy(), fr.flags.copy()))
-        i, j = i + s, j + 1
-    return tuple(np.concatenate(a) for a in zip(*out))
-
-
 @pytest.mark.parametrize("wavelet", [False, True])
 def test_matches_offline_chain_on_real_recordings(uci_config, uci_files, wavelet):
     cfg = uci_config if wavelet else without_wavelet(uci_config)
@@ -81,7 +71,7 @@ def test_matches_offline_chain_on_random_signals_paper_profile(siat_config, size
     t, x = _random(cfg, 3000, seed)
     rng = np.random.default_rng(seed)
     stats = NormStats(rng.uniform(0.5, 2, 9), -rng.uniform(0, 1, 54), rng.uniform(1, 50, 54), rng.uniform(0.01, 0.2, 9))
-    got_t, got, _ = _chunks(FrontEnd(cfg, stats, max_chunk=128), t, x, sizes)
+    got_t, got, _ = push_chunks(FrontEnd(cfg, stats, max_chunk=128), t, x, sizes)
     ref_t, ref = frontend_np(cfg, stats.signal_maxabs, stats.feature_lo, stats.feature_hi, t, x, step=stats.signal_step)
     np.testing.assert_array_equal(got_t, ref_t)
     np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
@@ -95,8 +85,8 @@ def test_any_chunking_gives_the_same_frames(siat_config, uci_config, sizes, wave
     cfg = cfg if wavelet else without_wavelet(cfg)
     t, x = _random(cfg, 2500, 1)
     fe = FrontEnd(cfg, max_chunk=64)
-    whole = _chunks(fe, t, x, [len(x)])
-    parts = _chunks(fe, t, x, sizes)
+    whole = push_chunks(fe, t, x, [len(x)])
+    parts = push_chunks(fe, t, x, sizes)
     np.testing.assert_array_equal(parts[0], whole[0])
     np.testing.assert_array_equal(parts[2], whole[2])
     np.testing.assert_array_equal(parts[1], whole[1])
