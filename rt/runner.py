@@ -149,7 +149,7 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
                     forecast_publish = _free_tcp(forecast_publish)
                 sup = Supervisor(forecaster_argv(connectable(pub.endpoint), forecast_publish, str(cfg_path),
                                                  checkpoint), stderr=forecaster_log,
-                                 heartbeat=forecast_publish, info={"endpoint": forecast_publish})
+                                 heartbeat=connectable(forecast_publish), info={"endpoint": forecast_publish})
                 sup.start()
                 loop.supervisor = sup
             if hints:

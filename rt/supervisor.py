@@ -107,7 +107,14 @@ class Supervisor:
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, schema.FORECASTER)
-            sub.connect(self.heartbeat)  # reconnects by itself to each new child
+            try:
+                sub.connect(self.heartbeat)  # reconnects by itself to each new child
+            except zmq.ZMQError as exc:  # never run a child whose liveness cannot be watched
+                sub.close(0)
+                with self._lock:
+                    self._state, self.reason = FAILED, f"cannot subscribe to heartbeats on {self.heartbeat!r}: {exc}"
+                print(f"exoloop: {self.name} failed: {self.reason}", file=sys.stderr)
+                return
         try:
             self._supervise(sub)
         finally:

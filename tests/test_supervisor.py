@@ -79,3 +79,14 @@ def test_permanent_exit_is_failed_with_the_last_stderr_line_and_no_restart() -> 
     finally:
         sup.stop()
     assert sup.state()["state"] == FAILED
+
+
+def test_unwatchable_heartbeat_endpoint_fails_before_any_child() -> None:
+    sup = Supervisor([sys.executable, "-c", "raise SystemExit('never run')"], heartbeat="tcp://no-port")
+    sup.start()
+    try:
+        failed = _wait_for(sup, FAILED)
+        assert failed["reason"].startswith("cannot subscribe to heartbeats on 'tcp://no-port'")
+        assert failed["restarts"] == 0 and failed["last_exit"] is None
+    finally:
+        sup.stop()
