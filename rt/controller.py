@@ -1,9 +1,9 @@
 """Reference actuator controller: the receiving side of ``pred``/``horizon``/``status``.
 
 A template for a real exoskeleton, not a driver: it keeps one command per target and decides
-whether predictions may drive it. A single fault (a malformed, late, repeated or flagged
-message, a flood, a restarted loop) must never move the command; it is refused, counted and,
-for a ``pred``, holds the command.
+whether predictions may drive it. No single fault (a malformed, late, repeated or flagged
+message, a flood, a restarted loop) may drive the command: it is refused and counted, and a
+refused ``pred`` puts an active controller in safe mode.
 
 Input. Every message is read a frame at a time (at most three frames kept, each frame bounded by
 ``zmq.MAXMSGSIZE`` = the largest payload the config can produce, :func:`rt.schema.size_limits`)
@@ -30,10 +30,10 @@ Modes: ``waiting`` (nothing trusted yet), ``active`` (the command follows the pr
 consecutive valid preds of it; a new session (a restarted loop) is not trusted until then
 (``active`` -> ``safe`` when it appears). From ``active`` it enters ``safe`` on an invalid pred
 or when the watchdog fires: no valid ``pred`` for ``watchdog_hops * hop / fs`` seconds (an
-invalid pred while ``waiting`` keeps it waiting). The watchdog runs on
-time: the reader polls with a timeout of a quarter of that, reads at most
-:data:`DRAIN_FRAMES` frames per socket, then ticks, so no flood can hold it off. In safe mode the
-command is held (``safe_mode = "hold"``) or set to 0 (``"zero"``).
+invalid pred while ``waiting`` keeps it waiting). The watchdog runs on time: the reader polls
+with a timeout of a quarter of that budget, reads at most :data:`DRAIN_FRAMES` frames per
+socket, then ticks, so no flood can hold it off. In safe mode the command is held
+(``safe_mode = "hold"``) or set to 0 (``"zero"``).
 
 Command. It starts at 0. While active, each prediction is clamped to
 ``[controller.lower, controller.upper]`` and the command moves toward it by at most
@@ -69,7 +69,7 @@ WAITING, ACTIVE, SAFE = "waiting", "active", "safe"
 
 #: Frames read from one socket per watchdog tick at most (a few ms of decoding).
 DRAIN_FRAMES = 200
-#: Refused messages are logged at most once per this many seconds.
+#: Refused messages (and dropped connections) are logged at most once per this many seconds.
 LOG_INTERVAL_S = 1.0
 
 _NO_SESSION = object()
@@ -77,7 +77,7 @@ _UNFIT = F.INVALID | F.WARMUP  # flags that refuse a pred
 
 
 class ControllerError(ValueError):
-    """Bad controller arguments (an endpoint ZeroMQ cannot connect to, a duration <= 0)."""
+    """Bad controller arguments (an endpoint ZeroMQ cannot connect to, a duration <= 0, an unknown safe mode)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,9 @@ class Transition:
 @dataclass
 class ControllerSummary:
     """Counts over a run. ``preds``: decoded ``pred`` messages; ``invalid``: preds refused for
-    driving (any reason, undecodable ones included); ``refused``: every refused message by reason."""
+    driving (any reason, undecodable ones included); ``applied``: commands applied;
+    ``sessions``: loop sessions seen; ``reconnects``: connections re-made after a drop;
+    ``refused``: every refused message, by reason."""
 
     preds: int = 0
     invalid: int = 0
