@@ -45,6 +45,7 @@ HEARTBEAT_S = 0.5
 #: of either process on a loaded 2-core machine.
 HANG_S = 3 * HEARTBEAT_S + 0.5
 POLL_S = 0.1
+DRAIN = 1000  # reports read per poll at most: a flood on the endpoint cannot starve the checks
 
 
 def forecaster_argv(connect: str, publish: str, config_path: str, checkpoint: str | None = None,
@@ -128,7 +129,7 @@ class Supervisor:
             try:
                 proc = subprocess.Popen(self.argv, stdout=self._stdout, stderr=subprocess.PIPE)
             except OSError as exc:
-                self.last_exit = -1
+                self.last_exit, self.reason = -1, f"cannot start: {exc}"
                 proc = None
                 print(f"exoloop: cannot start {self.name}: {exc}", file=sys.stderr)
             if proc is not None:
@@ -168,7 +169,7 @@ class Supervisor:
         progress, progressed = None, started
         while True:
             if sub.poll(int(POLL_S * 1000)):
-                while True:
+                for _ in range(DRAIN):
                     try:
                         topic, payload = sub.recv_multipart(zmq.NOBLOCK)
                         report = schema.decode(topic, payload)
