@@ -81,9 +81,10 @@ def _content_hash(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> st
 
 def save_bundle(path: str | Path, *, config: Config, norm_stats: NormStats, kind: str, arch: dict[str, Any],
                 arrays: dict[str, np.ndarray], metrics: dict[str, Any] | None = None,
-                training: dict[str, Any] | None = None) -> str:
+                training: dict[str, Any] | None = None, normalisation: dict[str, Any] | None = None) -> str:
     """Write a bundle; returns its content hash. ``kind``: "sequence" (``arch`` = ``ModelSpec``
-    dict, ``arrays`` = state_dict) or "gpr" (``arch`` = kernel parameters, ``arrays`` = GPR arrays)."""
+    dict, ``arrays`` = state_dict) or "gpr" (``arch`` = kernel parameters, ``arrays`` = GPR arrays).
+    ``normalisation``: :meth:`models.dataset.Normalisation.to_dict` (absent: frozen ``norm_stats``)."""
     if kind not in (SEQUENCE, GPR):
         raise ValueError(f"bundle kind must be {SEQUENCE!r} or {GPR!r}, got {kind!r}")
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -94,6 +95,7 @@ def save_bundle(path: str | Path, *, config: Config, norm_stats: NormStats, kind
         "arch": arch,
         "feature_spec": feature_spec(config),
         "norm_stats": norm_stats.to_dict(),
+        **({"normalisation": normalisation} if normalisation else {}),
         "config": config.to_dict(),
         "metrics": metrics or {},
         "training": training or {},
@@ -161,6 +163,22 @@ class Bundle:
     def metrics(self) -> dict[str, Any]:
         return self.manifest["metrics"]
 
+    @property
+    def normalisation(self) -> Any:
+        """How sessions are normalised (:class:`models.dataset.Normalisation`): frozen
+        ``norm_stats``, or fitted on each session's first seconds (``norm_stats`` the fallback)."""
+        from models.dataset import Normalisation
+
+        return Normalisation.from_dict(self.manifest.get("normalisation"))
+
+    def frontend(self, config: Config | None = None) -> Any:
+        """A fresh front end for this bundle's normalisation (``config``: the running one, default
+        the bundle's): a ``FrontEnd`` or a :class:`kernels.session_norm.SessionNormFrontEnd`."""
+        from kernels.session_norm import make_frontend
+
+        norm = self.normalisation
+        return make_frontend(config or self.config, self.norm_stats, norm.mode, norm.warmup_s)
+
     def model(self) -> Any:
         """The torch regressor (eval mode) or the :class:`~models.baselines.GPRModel`."""
         if self._model is None:
@@ -218,6 +236,9 @@ def load_bundle(path: str | Path) -> Bundle:
                 manifest = json.loads(z.read("manifest.json"))
             except KeyError:
                 raise BundleError(f"{path}: not a model bundle (no manifest.json)") from None
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays", {}), dict):
+                raise BundleError(f"{path}: manifest.json is not a bundle manifest (a JSON object with an "
+                                  f"'arrays' object), got a JSON {type(manifest).__name__}")
             arrays = {}
             for name in manifest.get("arrays", {}):
                 try:
@@ -239,6 +260,10 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         config = parse_config(manifest["config"])
         stats = NormStats.from_dict(manifest["norm_stats"], config)
-    except (ConfigError, ValueError, KeyError) as exc:
+        if "normalisation" in manifest:
+            from models.dataset import Normalisation
+
+            Normalisation.from_dict(manifest["normalisation"])
+    except (ConfigError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: invalid config or statistics in the bundle: {exc}") from None
     return Bundle(path, manifest, config, stats, arrays)

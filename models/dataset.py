@@ -9,14 +9,19 @@ recording get NaN. NaN targets (missing, or past the end) and frames flagged WAR
 ``flags.INVALID`` are masked from the loss and from the metrics (:attr:`FrameSet.mask`) but
 still fed to the model, so its state evolves as it would live.
 
-Normalisation statistics (:func:`kernels.frontend.fit_norm_stats`) are fitted on the training
-recordings only. Splits never shuffle overlapping windows: across subjects (whole recordings
-on one side) or within a recording by time (cut the raw samples, then run the front end on
-each side as its own session).
+Normalisation (:class:`Normalisation`): "frozen" statistics (:func:`kernels.frontend.fit_norm_stats`
+on the training recordings only, or on a patient's calibration data), or "session": each
+recording fits its own on its first ``warmup_s`` s (:class:`kernels.session_norm.SessionNormFrontEnd`,
+label-free, the same object live). Splits never shuffle overlapping windows: across subjects
+(whole recordings on one side), none (every subject trains), or within a recording by time: the
+first part (cut from the raw samples) trains; the test part is scored *continuously* — the whole
+session runs through the front end and the model from its start, as live, and only frames from
+the cut on are scored (:func:`held_out_from`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -24,8 +29,9 @@ import numpy as np
 
 from kernels import flags as fl
 from kernels.config import Config
-from kernels.frontend import FrontEnd, fit_norm_stats, run_offline
+from kernels.frontend import fit_norm_stats, run_offline
 from kernels.normalize import NormStats
+from kernels.session_norm import NORM_MODES, make_frontend
 
 #: UCI files that hold the same samples as another file (keep them on one side of a split).
 UCI_DUPLICATES = {"2Npie": "1Npie", "2Nsen": "1Nsen"}
@@ -38,6 +44,35 @@ def subject_id(name: str) -> str:
     name = UCI_DUPLICATES.get(name, name)
     m = _UCI_NAME.match(name)
     return f"{m.group(2).upper()}{int(m.group(1))}" if m else name
+
+
+SPLITS = ("subject", "all", "time")
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """``mode`` "frozen" (one set of statistics for every session) or "session" (each session
+    fits its own on its first ``warmup_s`` s). Stored in bundles (:meth:`to_dict`)."""
+
+    mode: str = "frozen"
+    warmup_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in NORM_MODES:
+            raise ValueError(f"normalisation mode must be one of {', '.join(NORM_MODES)}; got {self.mode!r}")
+        if self.mode == "session" and not self.warmup_s > 0:
+            raise ValueError(f"session normalisation needs warmup_s > 0 s, got {self.warmup_s}")
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"mode": self.mode, "warmup_s": float(self.warmup_s)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Normalisation":
+        """``None`` (bundles from before this field): frozen."""
+        return cls(**d) if d else cls()
+
+
+FROZEN = Normalisation()
 
 
 @dataclass(frozen=True)
@@ -98,12 +133,13 @@ def align_targets(frame_t: np.ndarray, timestamps: np.ndarray, targets: np.ndarr
 
 
 def make_frames(config: Config, stats: NormStats, rec: RecordingArrays, *, lead_ms: float = 0.0,
-                chunk: int = 32) -> FrameSet:
-    """Run ``rec`` through a fresh :class:`FrontEnd` (frozen ``stats``) chunk by chunk, as live."""
+                chunk: int = 32, norm: Normalisation = FROZEN) -> FrameSet:
+    """Run ``rec`` through a fresh front end chunk by chunk, as live: ``FrontEnd(config, stats)``
+    when ``norm`` is frozen, a session-normalised one (``stats`` its fallback) otherwise."""
     if rec.targets.shape[1] != config.targets.n_targets:
         raise ValueError(f"recording {rec.name}: {rec.targets.shape[1]} target columns, config "
                          f"{config.profile.name!r} expects {config.targets.n_targets} ({', '.join(config.targets.names)})")
-    fe = FrontEnd(config, stats)
+    fe = make_frontend(config, stats, norm.mode, norm.warmup_s)
     fr = run_offline(fe, rec.timestamps, rec.samples, chunk=chunk)
     if len(fr.t) == 0:
         raise ValueError(f"recording {rec.name}: {len(rec.timestamps)} samples is too short for one window "
@@ -145,10 +181,51 @@ def split_by_time(recs: list[RecordingArrays], test_fraction: float = 0.25
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     train, test = [], []
     for r in recs:
-        cut = int(round(len(r.timestamps) * (1 - test_fraction)))
+        cut = time_cut(r, test_fraction)
         train.append(r.cut(0, cut, "[train]"))
         test.append(r.cut(cut, len(r.timestamps), "[test]"))
     return train, test
+
+
+def time_cut(rec: RecordingArrays, test_fraction: float) -> int:
+    """Sample index where the last ``test_fraction`` of ``rec`` starts."""
+    return int(round(len(rec.timestamps) * (1 - test_fraction)))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A test recording and the time from which its frames are scored (``-inf``: all of it)."""
+
+    rec: RecordingArrays
+    score_from: float = -np.inf
+
+
+def make_split(recs: list[RecordingArrays], how: str = "subject", *, test_groups: list[str] | None = None,
+               test_fraction: float = 0.25) -> tuple[list[RecordingArrays], list[HeldOut]]:
+    """Training recordings and held-out sessions for a split ``how``: "subject" (whole recordings,
+    :func:`split_by_subject`), "all" (everything trains, nothing held out) or "time" (the first
+    ``1 - test_fraction`` of each recording trains; the whole session is the test recording, scored
+    from the cut on: continuous evaluation)."""
+    if how == "subject":
+        train, test = split_by_subject(recs, test_groups)
+        return train, [HeldOut(r) for r in test]
+    if test_groups:
+        raise ValueError(f"test subjects ({', '.join(test_groups)}) only apply to the subject split, not {how!r}")
+    if how == "all":
+        if not recs:
+            raise ValueError("no recordings to train on")
+        return list(recs), []
+    if how == "time":
+        train, _ = split_by_time(recs, test_fraction)
+        return train, [HeldOut(r, float(r.timestamps[time_cut(r, test_fraction)])) for r in recs]
+    raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {how!r}")
+
+
+def held_out_from(frames: FrameSet, t0: float) -> FrameSet:
+    """``frames`` with the targets of frames before time ``t0`` set to NaN (fed, never scored)."""
+    y = frames.targets.copy()
+    y[frames.t < t0] = np.nan
+    return dataclasses.replace(frames, targets=y)
 
 
 def stack_frames(sets: list[FrameSet]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,7 +22,10 @@ import torch
 from kernels.config import Config
 from models.baselines import GPRModel
 from models.bundle import GPR, SEQUENCE, save_bundle
-from models.dataset import FrameSet, RecordingArrays, fit_stats, make_frames, split_by_subject, stack_frames
+from kernels.normalize import NormStats
+from models.dataset import (
+    FROZEN, FrameSet, Normalisation, RecordingArrays, fit_stats, held_out_from, make_frames, make_split, stack_frames,
+)
 from models.xlstm_regressor import SEQUENCE_ARCHS, ModelSpec, Regressor, build_model, detach_state, rmse_loss
 
 ARCHS = SEQUENCE_ARCHS + ("gpr",)
@@ -110,6 +113,41 @@ def _val_loss(model: Regressor, sets: list[FrameSet]) -> float:
     return float(np.sqrt(num / max(den, 1)))
 
 
+def pad_standardised(model: Regressor, sets: list[FrameSet]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sets`` as one padded batch: frames, targets standardised by the model's own stats, mask."""
+    x, y, m = _pad(sets)
+    return x, (y - model.target_mean) / model.target_std, m
+
+
+def tbptt_epoch(model: Regressor, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
+                bptt: int, first: int, max_steps: int | None = None) -> tuple[float, int, int]:
+    """One pass through time in segments of ``bptt`` frames (the first ``first`` long), one Adam
+    step per segment with any usable frame, state carried (detached); stops after ``max_steps``.
+    Returns the summed squared loss x frames, the frame count and the number of steps taken."""
+    model.train()
+    bounds = [0] + list(range(first, x.shape[1], bptt)) + [x.shape[1]]
+    state = model.zero_state(x.shape[0])
+    params = [p for p in model.parameters() if p.requires_grad]
+    num, den, steps = 0.0, 0, 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if max_steps is not None and steps >= max_steps:
+            break
+        z, state = model(x[:, a:b], state)
+        mask = m[:, a:b]
+        state = detach_state(state)
+        if not mask.any():
+            continue
+        loss = rmse_loss(z, y[:, a:b], mask)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        k = int(mask.sum())
+        num, den, steps = num + loss.item() ** 2 * k, den + k, steps + 1
+    model.eval()
+    return num, den, steps
+
+
 def train_sequence(train: list[FrameSet], settings: TrainSettings, val: list[FrameSet] | None = None,
                    progress: bool = False) -> TrainResult:
     """Train an xLSTM variant or the LSTM on ``train`` (frames already normalised by the front end)."""
@@ -123,31 +161,14 @@ def train_sequence(train: list[FrameSet], settings: TrainSettings, val: list[Fra
     model = build_model(spec)
     mean, std = target_stats(train)
     model.set_target_stats(mean, std)
-    x, y, m = _pad(train)
-    y = (y - torch.from_numpy(mean.astype(np.float32))) / torch.from_numpy(std.astype(np.float32))
+    x, y, m = pad_standardised(model, train)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     curve: list[dict[str, float]] = []
     t0 = time.perf_counter()
     bar = _bar(settings.epochs, f"train {settings.arch}", progress)
     for epoch in range(settings.epochs):
-        model.train()
         first = int(rng.integers(1, settings.bptt + 1)) if epoch else settings.bptt
-        bounds = [0] + list(range(first, x.shape[1], settings.bptt)) + [x.shape[1]]
-        state = model.zero_state(x.shape[0])
-        num, den = 0.0, 0
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            z, state = model(x[:, a:b], state)
-            mask = m[:, a:b]
-            state = detach_state(state)
-            if not mask.any():
-                continue
-            loss = rmse_loss(z, y[:, a:b], mask)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            k = int(mask.sum())
-            num, den = num + loss.item() ** 2 * k, den + k
+        num, den, _ = tbptt_epoch(model, opt, x, y, m, settings.bptt, first)
         row = {"epoch": epoch + 1, "train_rmse_z": float(np.sqrt(num / max(den, 1))),
                "seconds": time.perf_counter() - t0}
         if val:
@@ -181,6 +202,43 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
+def shrink_toward_mean(model: Any, factor: float) -> None:
+    """Scale predictions toward the training mean in place: ``mean + factor * (pred - mean)``.
+    Exact for every engine: a sequence model's head (weight and bias) or a GPR's dual weights
+    are scaled by ``factor`` (their output is standardised, then ``* std + mean``)."""
+    if not 0 <= factor <= 1:
+        raise ValueError(f"shrinkage factor must be in [0, 1], got {factor}")
+    if isinstance(model, GPRModel):
+        model.alpha = model.alpha * factor
+        return
+    with torch.no_grad():
+        model.head.weight.mul_(factor)
+        model.head.bias.mul_(factor)
+
+
+def bundle_parts(model: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    """``(kind, arch, arrays)`` of a trained model, as :func:`models.bundle.save_bundle` takes them."""
+    if isinstance(model, GPRModel):
+        return GPR, model.params(), model.arrays()
+    return SEQUENCE, model.spec.to_dict(), {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def write_bundle(out: str | Path, config: Config, stats: NormStats, norm: Normalisation, model: Any,
+                 test: list[FrameSet], training: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Save ``model`` as a bundle, evaluate it on ``test`` through the bundle's own compiled step
+    engine (continuously, from each session's start) and save again with those metrics.
+    Returns the content hash and the metrics."""
+    from models.bundle import load_bundle
+    from models.evaluate import evaluate_engine
+
+    kind, arch, arrays = bundle_parts(model)
+    kw = dict(config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays, training=training,
+              normalisation=norm.to_dict())
+    save_bundle(out, **kw)
+    metrics = evaluate_engine(load_bundle(out).engine("compiled"), test, config) if test else {}
+    return save_bundle(out, metrics=metrics, **kw), metrics
+
+
 @dataclass
 class TrainReport:
     """What :func:`train_bundle` did: the bundle path and hash, splits, metrics, timings."""
@@ -196,37 +254,38 @@ class TrainReport:
 
 
 def train_bundle(config: Config, recordings: list[RecordingArrays], out: str | Path, settings: TrainSettings,
-                 test_groups: list[str] | None = None, progress: bool = False, plot: bool = True) -> TrainReport:
-    """Split by subject, fit normalisation on the training side, train, evaluate on held-out
-    subjects with the bundle's compiled step engine, write the bundle (+ curve PNG beside it)."""
-    from models.bundle import load_bundle
-    from models.evaluate import evaluate_engine, plot_curve
+                 test_groups: list[str] | None = None, progress: bool = False, plot: bool = True, *,
+                 split: str = "subject", test_fraction: float = 0.25, norm: Normalisation = FROZEN,
+                 shrink: float = 1.0) -> TrainReport:
+    """Split (:func:`models.dataset.make_split`: by subject, none, or by time), fit the population
+    statistics on the training side (frozen mode: the statistics; session mode: the fallback),
+    train, shrink toward the training mean by ``shrink`` (1 = none), evaluate the held-out part with
+    the bundle's compiled step engine (a time split continuously, from each session's start), write
+    the bundle (+ curve PNG beside it)."""
+    from models.evaluate import plot_curve
 
-    train_recs, test_recs = split_by_subject(recordings, test_groups)
+    train_recs, held = make_split(recordings, split, test_groups=test_groups, test_fraction=test_fraction)
     stats = fit_stats(config, train_recs)
-    train = [make_frames(config, stats, r, lead_ms=settings.lead_ms) for r in train_recs]
-    test = [make_frames(config, stats, r, lead_ms=settings.lead_ms) for r in test_recs]
+    train = [make_frames(config, stats, r, lead_ms=settings.lead_ms, norm=norm) for r in train_recs]
+    test = [held_out_from(make_frames(config, stats, h.rec, lead_ms=settings.lead_ms, norm=norm), h.score_from)
+            for h in held]
     result = train_model(train, settings, val=test or None, progress=progress)
+    shrink_toward_mean(result.model, shrink)
     training = {
         "settings": dataclasses.asdict(settings),
+        "split": split,
+        "test_fraction": test_fraction if split == "time" else None,
+        "shrink": shrink,
         "train_recordings": [r.name for r in train_recs],
-        "test_recordings": [r.name for r in test_recs],
+        "test_recordings": [h.rec.name for h in held],
         "train_groups": sorted({r.group for r in train_recs}),
-        "test_groups": sorted({r.group for r in test_recs}),
+        "test_groups": sorted({h.rec.group for h in held}),
         "train_frames": int(sum(len(s.t) for s in train)),
         "seconds": result.seconds,
         "curve": result.curve,
     }
-    if settings.arch == "gpr":
-        kind, arch, arrays = GPR, result.model.params(), result.model.arrays()
-    else:
-        kind, arch = SEQUENCE, result.model.spec.to_dict()
-        arrays = {k: v.detach().numpy() for k, v in result.model.state_dict().items()}
     out = Path(out)
-    save_bundle(out, config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays, training=training)
-    metrics = evaluate_engine(load_bundle(out).engine("compiled"), test, config) if test else {}
-    h = save_bundle(out, config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays,
-                    metrics=metrics, training=training)
+    h, metrics = write_bundle(out, config, stats, norm, result.model, test, training)
     png = None
     if plot and result.curve:
         png = out.with_suffix(".curve.png")

@@ -65,3 +65,60 @@ def test_bad_input_is_reported(tmp_path, files, capsys):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     assert main(["evaluate", str(bad), files[0]]) == 2
     assert "unreadable model bundle" in capsys.readouterr().err
+
+
+def test_cli_literals_match_the_library():
+    from kernels import session_norm
+    from models import dataset
+    from rt.commands import train as cmd
+
+    assert cmd.SPLITS == dataset.SPLITS
+    assert cmd.NORM_MODES == session_norm.NORM_MODES
+    assert cmd.SESSION_WARMUP_S == session_norm.SESSION_WARMUP_S
+
+
+def test_all_subjects_session_norm_and_replay(tmp_path, files, uci_config):
+    """--all-subjects holds nothing out; --norm session is stored and the replayed loop fits the
+    session's statistics on its first W s (frames before flagged WARMUP) exactly as training did."""
+    from kernels import flags as fl
+    from models.dataset import Normalisation
+    from rt.runner import replay
+
+    out = tmp_path / "pop.exo"
+    assert main(["train", *files, "--config", "uci_lower_limb", "--out", str(out), "--arch", "lstm",
+                 "--epochs", "1", "--all-subjects", "--norm", "session", "--norm-warmup-s", "2"]) == 0
+    b = load_bundle(out)
+    assert b.manifest["training"]["test_groups"] == [] and b.metrics == {}
+    assert len(b.manifest["training"]["train_recordings"]) == 3
+    assert b.normalisation == Normalisation("session", 2.0)
+    res = replay(files[0], out, speed=None, chunk=10, out=str(tmp_path / "r.npz"))
+    rec = load_labelled([files[0]], b.config)[0]
+    warm = (res.flags & fl.WARMUP) != 0
+    assert warm[res.t <= rec.timestamps[1999]].all() and not warm[res.t > rec.timestamps[1999]].any()
+    ref = run_sequence(b.engine("compiled"), make_frames(b.config, b.norm_stats, rec, norm=b.normalisation).features)
+    np.testing.assert_allclose(res.values, ref, atol=1e-4)  # same frames live (chunk 10) as offline (chunk 32)
+
+
+def test_time_split_is_scored_continuously(tmp_path, files):
+    """--split time: the whole session is stepped from its start and only the last F is scored,
+    so no frame of the test part is lost to the front end's warm-up (a reset run loses ~1.15 s)."""
+    from models.dataset import make_frames, split_by_time, time_cut
+
+    out = tmp_path / "t.exo"
+    assert main(["train", *files, "--config", "uci_lower_limb", "--out", str(out), "--arch", "gpr",
+                 "--split", "time", "--test-fraction", "0.3"]) == 0
+    b = load_bundle(out)
+    recs = load_labelled(files, b.config)
+    assert b.manifest["training"]["split"] == "time" and b.manifest["training"]["train_groups"] == ["N1", "N2", "N3"]
+    want = 0
+    for r in recs:
+        s = make_frames(b.config, b.norm_stats, r)
+        want += int((s.mask[:, 0] & (s.t >= r.timestamps[time_cut(r, 0.3)])).sum())
+    assert b.metrics["frames"] == want
+    _, tests = split_by_time(recs, 0.3)
+    reset = sum(int(make_frames(b.config, b.norm_stats, r).mask.sum()) for r in tests)
+    assert want - reset >= 3 * 20  # >= 20 more frames (1 s) per recording
+    assert main(["evaluate", str(out), *files, "--test-fraction", "0.3", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["frames"] == want
+    with pytest.raises(SystemExit):
+        main(["train", *files, "--config", "uci_lower_limb", "--out", str(out), "--split", "sideways"])
