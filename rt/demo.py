@@ -69,7 +69,8 @@ class DemoSummary:
     held_out: bool | None = None  #: the recording was among the bundle's held-out evaluation set
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -112,7 +113,8 @@ class _Truth:
         return out
 
 
-def _read_lines(stream: TextIO, sink: list[dict[str, Any]]) -> None:
+def read_json_lines(stream: TextIO, sink: Any) -> None:
+    """``sink.append`` every JSON line of ``stream`` (a child's ``--jsonl`` stdout) until EOF; other lines are skipped."""
     for line in stream:
         try:
             sink.append(json.loads(line))
@@ -120,7 +122,8 @@ def _read_lines(stream: TextIO, sink: list[dict[str, Any]]) -> None:
             continue
 
 
-def _stop(procs: dict[str, subprocess.Popen], grace_s: float = 5.0) -> dict[str, int | None]:
+def stop_processes(procs: dict[str, subprocess.Popen], grace_s: float = 5.0) -> dict[str, int | None]:
+    """SIGTERM every process still running, SIGKILL those not gone after ``grace_s``; exit codes by key."""
     for p in procs.values():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -147,7 +150,7 @@ def run_demo(duration: float = 30.0, *, recording: str | Path | None = None, mod
     evaluated = (bundle.metrics or {}).get("per_recording")
     stop = stop or threading.Event()
     name = f"exoloop-demo-{uuid.uuid4().hex[:6]}"
-    ep, ep_h = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    ep, ep_h = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.toml"
     write_config_toml(config, tmp)
     py = [sys.executable, "-m", "rt.cli"]
@@ -175,7 +178,7 @@ def run_demo(duration: float = 30.0, *, recording: str | Path | None = None, mod
         procs["controller"] = subprocess.Popen(py + ["controller", "--connect", ep, "--connect-horizon", ep_h,
                                                      "--config", str(tmp), "--jsonl"],
                                                env=env, stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=_read_lines, args=(procs["controller"].stdout, ctl_events), daemon=True).start()
+        threading.Thread(target=read_json_lines, args=(procs["controller"].stdout, ctl_events), daemon=True).start()
         for s, e, topics in ((sub, ep, (schema.PRED, schema.STATUS)), (sub_h, ep_h, (schema.HORIZON,))):
             s.setsockopt(zmq.LINGER, 0)
             for t in topics:
@@ -230,7 +233,7 @@ def run_demo(duration: float = 30.0, *, recording: str | Path | None = None, mod
         t_end = time.monotonic()
         sub.close(0)
         sub_h.close(0)
-        codes = _stop(procs)
+        codes = stop_processes(procs)
         tmp.unlink(missing_ok=True)
     y = truth.at(t_src[:n])
     ok = np.isfinite(y) & ((fl[:n] & F.INVALID) == 0)[:, None]

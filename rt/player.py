@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,12 @@ from rt.recordings.native import StreamSpec
 #: The last stretch before a chunk is due is spun (yielding the CPU), not slept: a timed sleep
 #: wakes up to ~0.1 ms late on a VM, and that lateness would count as latency downstream.
 SPIN_S = 200e-6
+
+#: ``on_chunk(stamps, samples, targets) -> (stamps, samples, targets) | None``: called with each
+#: chunk when it is due, just before the push; what it returns is pushed instead (None: nothing).
+#: Pacing stays on the recording's own times (fault injection: ``rt.faults``).
+ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray | None],
+                     "tuple[np.ndarray, np.ndarray, np.ndarray | None] | None"]
 
 
 @dataclass
@@ -57,7 +64,7 @@ class Player:
 
     def __init__(self, recording: Recording, name: str, chunk: int = 10, speed: float = 1.0,
                  loop: bool = False, markers: bool = False, *, stream_type: str = "EMG",
-                 trace: bool = False) -> None:
+                 trace: bool = False, on_chunk: ChunkHook | None = None) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1 sample, got {chunk}")
         if not speed > 0:
@@ -65,12 +72,11 @@ class Player:
         if recording.n_samples == 0:
             raise ValueError(f"{recording.source}: recording holds no samples")
         self.rec, self.chunk, self.speed, self.loop, self.trace = recording, chunk, speed, loop, trace
+        self.on_chunk = on_chunk
         self.specs = player_specs(recording, name, markers)
         self.specs[0].type = stream_type
-        self._outlets = [pylsl.StreamOutlet(stream_info(s), chunk_size=chunk if s.fs else 0) for s in self.specs]
-        self._emg = self._outlets[0]
-        self._targets = self._outlets[1] if recording.targets is not None else None
-        self._markers = self._outlets[-1] if markers else None
+        self._has_markers = markers
+        self.reopen()
         self._samples = np.ascontiguousarray(recording.samples, dtype=np.float32)
         self._target_values = (np.ascontiguousarray(recording.targets, dtype=np.float32)
                                 if recording.targets is not None else None)
@@ -78,6 +84,14 @@ class Player:
         m = sorted(recording.markers)
         self._marker_rel = np.array([t for t, _ in m], dtype=np.float64) - recording.timestamps[0]
         self._marker_labels = [s for _, s in m]
+
+    def reopen(self) -> None:
+        """(Re)create the outlets: after :meth:`close`, consumers see a new instance (a new uid)."""
+        self._outlets = [pylsl.StreamOutlet(stream_info(s), chunk_size=self.chunk if s.fs else 0)
+                         for s in self.specs]
+        self._emg = self._outlets[0]
+        self._targets = self._outlets[1] if self.rec.targets is not None else None
+        self._markers = self._outlets[-1] if self._has_markers else None
 
     @property
     def names(self) -> list[str]:
@@ -110,10 +124,14 @@ class Player:
             while pylsl.local_clock() < due:
                 os.sched_yield()
             now = pylsl.local_clock()
-            ts = stamps.tolist()
-            self._emg.push_chunk(self._samples[i:j], ts)
-            if self._targets is not None:
-                self._targets.push_chunk(self._target_values[i:j], ts)
+            x = self._samples[i:j]
+            y = self._target_values[i:j] if self._targets is not None else None
+            hooked = self.on_chunk(stamps, x, y) if self.on_chunk is not None else (stamps, x, y)
+            if hooked is not None and len(hooked[0]):
+                ts = hooked[0].tolist()
+                self._emg.push_chunk(hooked[1], ts)
+                if self._targets is not None and hooked[2] is not None:
+                    self._targets.push_chunk(hooked[2], ts)
             if self._markers is not None:
                 while m < len(self._marker_labels) and self._marker_rel[m] <= self._rel[j - 1]:
                     self._markers.push_sample([self._marker_labels[m]],
