@@ -14,6 +14,15 @@ A flagged frame is still published. If the step returns non-finite values, the l
 values are published instead with :data:`kernels.flags.NONFINITE` set, and the engine's
 recurrent state is reset (it would stay non-finite otherwise).
 
+Flags the loop adds to the front end's: RATE (the source's measured rate is off nominal or not
+yet verified: ``source.chunk_flags``), and, for sources on the local LSL clock, STALE (the
+frame's age ``t_pub - t_src`` exceeds one hop either way: the loop is behind real time, e.g.
+after being stopped, or the timestamps are not on this clock). Restarts: the front end
+restarts itself at a time jump; on a reconnect (``source.stats.reconnects`` changed) the loop
+restarts it before pushing the new stream's first chunk; either way the first frame after it
+carries RESTART and the loop resets the step engine before stepping it (``resets`` in
+``status``).
+
 Stages (seconds on the LSL clock): ``wait`` (inside ``pull``), ``frontend`` (``push``),
 ``step``, ``publish`` (encode + send), ``hop`` (chunk arrival → this frame's ``pred`` sent)
 and, for sources on the local LSL clock, ``age`` (``t_pub - t_src``).
@@ -120,6 +129,11 @@ class Loop:
         self.samples = 0
         self.nonfinite_steps = 0
         self.flagged = 0
+        self.out_of_domain = 0
+        self.stale = 0
+        self.resets = 0
+        #: a live frame older (or newer) than this is STALE: one hop (s)
+        self.stale_s = config.frontend.window.hop / config.stream.fs
         self.delay_s = float(getattr(frontend, "delay_samples", 0)) / config.stream.fs
 
     def warmup(self) -> None:
@@ -139,7 +153,7 @@ class Loop:
     def status(self, now: float) -> dict[str, Any]:
         """The ``status`` fields: schema v1 plus ``connected``, ``reconnects``, ``lag_s``,
         ``backlog``, ``delay_s``, ``stages_ms``, ``publish_dropped``, ``nonfinite_steps``,
-        ``flagged``."""
+        ``flagged``, ``out_of_domain``, ``stale``, ``resets``, ``fs_arrival``."""
         st = getattr(self.source, "stats", None)
         h = self.times["age" if self.source_clock_local else "hop"]
         p50, p99 = h.percentiles((50.0, 99.0))
@@ -169,6 +183,10 @@ class Loop:
             "publish_dropped": self.publisher.dropped if self.publisher is not None else 0,
             "nonfinite_steps": self.nonfinite_steps,
             "flagged": self.flagged,
+            "out_of_domain": self.out_of_domain,  # frames flagged OUT_OF_DOMAIN (informational)
+            "stale": self.stale,  # frames flagged STALE
+            "resets": self.resets,  # front end + step engine restarts (gap, clock jump, reconnect)
+            "fs_arrival": float(getattr(st, "fs_arrival", math.nan)),  # samples per second of local clock
         }
 
     def run(self, duration: float | None = None, stop: threading.Event | None = None,
@@ -179,6 +197,11 @@ class Loop:
         h = self.times.hist
         h_wait, h_fe, h_step, h_pub, h_hop, h_age = (h[s] for s in STAGES)
         rec, last_good, invalid = self._record, self._last_good, F.INVALID
+        restart_bit, ood_bit, stale_bit, rate_bit = F.RESTART, F.OUT_OF_DOMAIN, F.STALE, F.RATE
+        stale_s = self.stale_s
+        restart_fe = getattr(fe, "restart", None) or fe.reset
+        stats = getattr(src, "stats", None)
+        reconnects = int(getattr(stats, "reconnects", 0))
         encode, PRED = schema.encode_pred, schema.PRED
         local = self.source_clock_local
         timeout = self.pull_timeout_s
@@ -208,24 +231,36 @@ class Loop:
                 h_wait.add(t1 - t0)
                 self.chunks += 1
                 self.samples += n
+                if getattr(stats, "reconnects", 0) != reconnects:  # a new stream instance
+                    reconnects = stats.reconnects
+                    restart_fe()
+                src_flags = int(getattr(src, "chunk_flags", 0)) & rate_bit
                 frames = fe.push(ts, x)
                 t2 = clock()
                 h_fe.add(t2 - t1)
                 for i in range(len(frames.t)):
+                    fl = int(frames.flags[i]) | src_flags
+                    if fl & restart_bit:  # the front end restarted: so does the recurrent state
+                        eng.reset()
+                        self.resets += 1
                     ta = clock()
                     y = eng.step(frames.features[i])
                     tb = clock()
-                    fl = int(frames.flags[i])
                     if math.isfinite(float(y.sum())):
                         last_good[:] = y
                     else:  # publish the last good values; the recurrent state is poisoned: reset it
                         fl |= F.NONFINITE
                         self.nonfinite_steps += 1
                         eng.reset()
-                    if fl & invalid:
-                        self.flagged += 1
                     t_src = float(frames.t[i])
                     t_pub = clock()
+                    if local and abs(t_pub - t_src) > stale_s:
+                        fl |= stale_bit
+                        self.stale += 1
+                    if fl & ood_bit:
+                        self.out_of_domain += 1
+                    if fl & invalid:
+                        self.flagged += 1
                     if pub is not None:
                         pub.send(PRED, encode(self.seq, t_src, t_pub, last_good, fl))
                     tc = clock()

@@ -1,0 +1,151 @@
+"""Flags the loop owns, on real LSL / real kernels / the shipped bundle's compiled step:
+RATE (measured against this host's clock), STALE (a 2 s stall of the consumer), and the step
+engine's reset when the front end restarts (a gap in a replayed recording).
+
+Nothing here asserts a duration: rates are compared with the ±RATE_TOL band (a 2x or 10x error
+is far outside it) and staleness with a frame's own age.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernels import flags as F
+from kernels.frontend import FrontEnd
+from rt.loop import Loop
+from rt.player import Player
+from rt.recordings import Recording
+from rt.sources import RATE_TOL, LslSource, ReplaySource
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "data" / "models" / "uci_gait.exo"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from models.bundle import load_bundle
+
+    return load_bundle(BUNDLE)
+
+
+def _recording(config, seconds: float, seed: int = 0) -> Recording:
+    fs = config.stream.fs
+    n = int(seconds * fs)
+    rng = np.random.default_rng(seed)
+    return Recording(timestamps=np.arange(n) / fs, samples=(0.05 * rng.standard_normal((n, 4))).astype(np.float32),
+                     channel_names=list(config.stream.channels), channel_units=["mV"] * 4, fs=fs)
+
+
+def _lying_stamps(speed: float):
+    """A Player hook that stamps samples at the nominal spacing whatever the pushing pace."""
+    first: list[float] = []
+
+    def hook(stamps, x, y):
+        if not first:
+            first.append(float(stamps[0]))
+        return first[0] + (stamps - first[0]) * speed, x, y
+
+    return hook
+
+
+def _play(player: Player) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    th = threading.Thread(target=player.run, kwargs={"stop": stop}, daemon=True)
+    th.start()
+    return th, stop
+
+
+@pytest.mark.parametrize("case", ["nominal", "half_rate_true_stamps", "half_rate_lying_stamps", "ten_times"])
+def test_rate_off_nominal_is_flagged(uci_config, case):
+    speed = {"nominal": 1.0, "half_rate_true_stamps": 0.5, "half_rate_lying_stamps": 0.5, "ten_times": 10.0}[case]
+    name = f"rate-{uuid.uuid4().hex[:8]}"
+    player = Player(_recording(uci_config, 60.0), name, chunk=10 if speed <= 1 else 100, speed=speed,
+                    on_chunk=_lying_stamps(speed) if case == "half_rate_lying_stamps" else None)
+    src = LslSource(name, uci_config, resolve_timeout=10.0)
+    src.open()
+    assert player.have_consumers(10.0)
+    th, stop = _play(player)
+    updates, flagged_after = 0, []
+    try:
+        last = src.stats.fs_arrival
+        while updates < 3:  # three rate updates: 1 s, then 2 s windows
+            ts, _ = src.pull(timeout=0.5)
+            if len(ts) == 0:
+                continue
+            if updates:
+                flagged_after.append(bool(src.chunk_flags & F.RATE))
+            if src.stats.fs_arrival != last and not np.isnan(src.stats.fs_arrival):
+                last, updates = src.stats.fs_arrival, updates + 1
+    finally:
+        stop.set()
+        th.join()
+        src.close()
+        player.close()
+    fs = uci_config.stream.fs
+    if case == "nominal":
+        assert abs(src.stats.fs_arrival - fs) <= RATE_TOL * fs and src.stats.rate_ok
+        assert not any(flagged_after[-10:])
+    else:
+        assert abs(src.stats.fs_arrival - speed * fs) <= 0.2 * speed * fs  # what actually arrived
+        assert not src.stats.rate_ok and all(flagged_after)
+
+
+def test_backlog_after_a_stalled_consumer_is_never_published_as_valid(uci_config, bundle):
+    name = f"stale-{uuid.uuid4().hex[:8]}"
+    player = Player(_recording(uci_config, 60.0, seed=1), name, chunk=10)
+    src = LslSource(name, uci_config, resolve_timeout=10.0)
+    src.open()
+    assert player.have_consumers(10.0)
+    fe = FrontEnd(bundle.config, bundle.norm_stats)
+    loop = Loop(bundle.config, fe, bundle.engine("compiled"), src, record=True, source_clock_local=True)
+    loop.warmup()
+    stalled = []
+
+    def stall_once(_n: int) -> None:  # the consumer stops for 2 s once, as under SIGSTOP
+        if not stalled and loop.seq >= 60:
+            stalled.append(loop.seq)
+            time.sleep(2.0)
+
+    th, stop = _play(player)
+    try:
+        res = loop.run(max_hops=160, progress=stall_once)
+    finally:
+        stop.set()
+        th.join()
+        src.close()
+        player.close()
+    age = res.t_pub - res.t
+    old = age > loop.stale_s
+    assert old.sum() >= 30  # the 2 s backlog (40 hops) came out after the stall
+    assert np.all(res.flags[old] & F.STALE) and np.all(res.flags[old] & F.INVALID)
+    np.testing.assert_array_equal((res.flags & F.STALE) != 0, np.abs(age) > loop.stale_s)
+    assert loop.status(0.0)["stale"] == int(old.sum())
+    assert not np.all(res.flags[-10:] & F.STALE)  # it caught up
+
+
+def test_gap_in_the_stream_resets_the_step_engine(uci_config, bundle):
+    cfg = bundle.config
+    rec = _recording(cfg, 8.0, seed=2)
+    cut = 3000
+    t = rec.timestamps.copy()
+    t[cut:] += 3.0
+    gapped = Recording(timestamps=t, samples=rec.samples, channel_names=rec.channel_names,
+                       channel_units=rec.channel_units, fs=rec.fs)
+    after = Recording(timestamps=t[cut:], samples=rec.samples[cut:], channel_names=rec.channel_names,
+                      channel_units=rec.channel_units, fs=rec.fs)
+    runs = []
+    for r in (gapped, after):
+        loop = Loop(cfg, FrontEnd(cfg, bundle.norm_stats), bundle.engine("compiled"), ReplaySource(r, chunk=37),
+                    record=True, source_clock_local=False)
+        runs.append((loop.run(), loop))
+    (res, loop), (ref, _) = runs
+    k = len(res.t) - len(ref.t)
+    assert loop.resets == 1 and res.flags[k] & F.RESTART and loop.status(0.0)["resets"] == 1
+    np.testing.assert_array_equal(res.values[k:], ref.values)  # the engine restarted from its reset state
+    np.testing.assert_array_equal(res.flags[k:] & ~np.uint32(F.GAP | F.RESTART), ref.flags)
