@@ -64,3 +64,25 @@ def test_dataset_frames_use_the_same_wrapper(uci_config, rec):
     direct = run_offline(SessionNormFrontEnd(uci_config, 2.0), rec.timestamps, rec.samples, chunk=32)
     np.testing.assert_array_equal(fs.features, direct.features)
     assert not fs.mask[fs.t <= rec.timestamps[1999]].any() and fs.mask[fs.t > rec.timestamps[1999]].all()
+
+
+def test_bundles_carry_the_mode(tmp_path, uci_config, rec):
+    """No ``normalisation`` in the manifest (older bundles): frozen, a plain FrontEnd; a session
+    bundle gives the wrapper; a malformed entry is refused when loading."""
+    from models.bundle import BundleError, load_bundle, save_bundle
+    from models.dataset import FROZEN
+
+    stats = fit_norm_stats(uci_config, [(rec.timestamps, rec.samples)])
+    kw = dict(config=uci_config, norm_stats=stats, kind="gpr", arch={"sigma_f2": 1.0, "length": 1.0, "noise": 0.1},
+              arrays={"x_train": np.zeros((2, 24)), "alpha": np.zeros((2, 1)), "target_mean": np.zeros(1),
+                      "target_std": np.ones(1)})
+    save_bundle(tmp_path / "old.exo", **kw)
+    old = load_bundle(tmp_path / "old.exo")
+    assert "normalisation" not in old.manifest and old.normalisation == FROZEN
+    assert type(old.frontend()) is FrontEnd
+    save_bundle(tmp_path / "s.exo", normalisation={"mode": "session", "warmup_s": 2.0}, **kw)
+    fe = load_bundle(tmp_path / "s.exo").frontend(uci_config)
+    assert isinstance(fe, SessionNormFrontEnd) and fe.warmup_s == 2.0 and fe.fallback is not None
+    save_bundle(tmp_path / "bad.exo", normalisation={"mode": "running"}, **kw)
+    with pytest.raises(BundleError, match="mode must be one of"):
+        load_bundle(tmp_path / "bad.exo")
