@@ -430,3 +430,14 @@ def save_adapted(bundle: Any, adapter: ReadoutAdapter, path: str | Path) -> str:
     note = {"adapted": {"from": bundle.content_hash, "settings": asdict(adapter.settings),
                         **{k: v for k, v in adapter.status().items() if k != "window"}}}
     return save_derived(bundle, path, arrays=arrays, training=note)
+
+
+def summary(status: dict[str, Any]) -> str:
+    """One line for the CLI: mode, counts, session RMSE static vs published, where it was saved."""
+    def fmt(v: list[float]) -> str:
+        return "/".join(f"{x:.2f}" for x in v)
+
+    return (f"adaptation: {status['updates']} updates, {'adapting' if status['adapting'] else 'static'} at the end, "
+            f"engaged {status['engaged']}x, fell back {status['fallbacks']}x, {status['dropped']} frames dropped; "
+            f"session RMSE static {fmt(status['session_static_rmse'])}, published "
+            f"{fmt(status['session_published_rmse'])}" + (f"; saved {status['saved']}" if "saved" in status else ""))

@@ -23,6 +23,11 @@ restarts it before pushing the new stream's first chunk; either way the first fr
 carries RESTART and the loop resets the step engine before stepping it (``resets`` in
 ``status``).
 
+Online adaptation (optional ``adapter``, :class:`models.adapt.ReadoutAdapter`): after each
+step, ``adapter.observe(t_src, flags, y)`` returns what to publish (the adapted readout's
+prediction while it beats the static one, else ``y``; timed in ``step``); after each chunk,
+``adapter.update()`` pulls the target samples that arrived. ``status.adapt`` is its status.
+
 Stages (seconds on the LSL clock): ``wait`` (inside ``pull``), ``frontend`` (``push``),
 ``step``, ``publish`` (encode + send), ``hop`` (chunk arrival → this frame's ``pred`` sent)
 and, for sources on the local LSL clock, ``age`` (``t_pub - t_src``).
@@ -69,6 +74,7 @@ class LoopResult:
     values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     t_pub: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    adapt: dict[str, Any] | None = None  # the adapter's status at the end
 
 
 class _Record:
@@ -110,7 +116,8 @@ class Loop:
     def __init__(self, config: Config, frontend: Any, engine: Any, source: Source,
                  publisher: Publisher | None = None, *, supervisor: Supervisor | None = None,
                  status_interval_s: float = 1.0, record: bool = False, keep: int = 0,
-                 pull_timeout_s: float = 0.05, source_clock_local: bool = True, spin_s: float = 0.0):
+                 pull_timeout_s: float = 0.05, source_clock_local: bool = True, spin_s: float = 0.0,
+                 adapter: Any = None):
         self.config = config
         self.frontend = frontend
         self.engine = engine
@@ -120,6 +127,7 @@ class Loop:
         self.status_interval_s = status_interval_s
         self.pull_timeout_s = pull_timeout_s
         self.spin_s = spin_s
+        self.adapter = adapter  # models.adapt.ReadoutAdapter or None
         self.source_clock_local = source_clock_local
         self.times = StageTimes(STAGES, keep=keep)
         self._record = _Record(config.targets.n_targets) if record else None
@@ -138,7 +146,7 @@ class Loop:
 
     def warmup(self) -> None:
         """Compile and touch every kernel (front end, step, encoder), then reset their state."""
-        for part in (self.frontend, self.engine):
+        for part in (self.frontend, self.engine, self.adapter):
             if hasattr(part, "warmup"):
                 part.warmup()
         win = self.config.frontend.window
@@ -183,6 +191,7 @@ class Loop:
             "publish_dropped": self.publisher.dropped if self.publisher is not None else 0,
             "nonfinite_steps": self.nonfinite_steps,
             "flagged": self.flagged,
+            "adapt": self.adapter.status() if self.adapter is not None else None,
             "out_of_domain": self.out_of_domain,  # frames flagged OUT_OF_DOMAIN (informational)
             "stale": self.stale,  # frames flagged STALE
             "resets": self.resets,  # front end + step engine restarts (gap, clock jump, reconnect)
@@ -194,6 +203,7 @@ class Loop:
         """Run until ``duration`` s (LSL clock), ``stop``, ``max_hops`` or an exhausted source."""
         clock = pylsl.local_clock
         src, fe, eng, pub = self.source, self.frontend, self.engine, self.publisher
+        adapter = self.adapter
         h = self.times.hist
         h_wait, h_fe, h_step, h_pub, h_hop, h_age = (h[s] for s in STAGES)
         rec, last_good, invalid = self._record, self._last_good, F.INVALID
@@ -245,6 +255,8 @@ class Loop:
                         self.resets += 1
                     ta = clock()
                     y = eng.step(frames.features[i])
+                    if adapter is not None:  # what to publish: the adapted or the static readout
+                        y = adapter.observe(float(frames.t[i]), fl, y)
                     tb = clock()
                     if math.isfinite(float(y.sum())):
                         last_good[:] = y
@@ -272,6 +284,8 @@ class Loop:
                     if rec is not None:
                         rec.add(t_src, t_pub, last_good, fl)
                     self.seq += 1
+                if adapter is not None:
+                    adapter.update()  # pull the target samples that arrived
                 if progress is not None:
                     progress(n)
             elif getattr(src, "exhausted", False):
@@ -287,6 +301,7 @@ class Loop:
     def _result(self, wall_s: float) -> LoopResult:
         res = LoopResult(self.seq, self.chunks, self.samples, self.nonfinite_steps, self.flagged,
                          wall_s, self.times.summary_ms(), self.config.stream.fs)
+        res.adapt = self.adapter.status() if self.adapter is not None else None
         if self._record is not None:
             r, n = self._record, self._record.n
             res.t, res.values, res.flags, res.t_pub = r.t[:n].copy(), r.values[:n].copy(), r.flags[:n].copy(), r.t_pub[:n].copy()

@@ -38,14 +38,36 @@ def load_model(bundle_path: str | Path, config_path: str | Path | None = None) -
 
 
 def build_loop(bundle: Any, config: Config, source: Any, publisher: Publisher | None, *,
-               engine_kind: str = "compiled", **loop_kw: Any) -> Loop:
-    """A warmed-up :class:`Loop` with a fresh front end (the bundle's frozen statistics)."""
-    from kernels.frontend import FrontEnd
+               engine_kind: str = "compiled", adapt: Any = None, targets: Any = None, **loop_kw: Any) -> Loop:
+    """A warmed-up :class:`Loop` with a fresh front end (the bundle's normalisation: frozen
+    statistics, or fitted on the session's first seconds, :meth:`models.bundle.Bundle.frontend`).
+    With ``adapt`` (:class:`models.adapt.AdaptSettings`), the engine's readout adapts online on
+    the samples of ``targets`` (:mod:`rt.target_source`) at the bundle's lead."""
+    engine = bundle.engine(kind=engine_kind)
+    adapter = None
+    if adapt is not None:
+        from models.adapt import ReadoutAdapter, bundle_lead_s
 
-    loop = Loop(config, FrontEnd(config, bundle.norm_stats), bundle.engine(kind=engine_kind), source,
-                publisher, **loop_kw)
+        adapter = ReadoutAdapter.for_engine(engine, adapt, lead_s=bundle_lead_s(bundle), targets=targets)
+    loop = Loop(config, bundle.frontend(config), engine, source, publisher, adapter=adapter, **loop_kw)
     loop.warmup()
     return loop
+
+
+def adapted_bundle_path(bundle_path: str | Path) -> Path:
+    """Where the adapted readout is saved by default: ``<model>-adapted.exo`` beside the model."""
+    p = Path(bundle_path)
+    return p.with_name(f"{p.stem}-adapted.exo")
+
+
+def save_adaptation(bundle: Any, loop: Loop, result: LoopResult, out: str | Path) -> None:
+    """End of an adapting session: use the pending frames whose targets arrived, save the
+    adapted readout as a new bundle at ``out``; ``result.adapt`` gets the final status + ``saved``."""
+    from models.adapt import save_adapted
+
+    loop.adapter.flush()
+    content_hash = save_adapted(bundle, loop.adapter, out)
+    result.adapt = {**loop.adapter.status(), "saved": str(out), "content_hash": content_hash}
 
 
 def connectable(endpoint: str) -> str:
@@ -84,9 +106,13 @@ def write_config_toml(config: Config, path: str | Path) -> Path:
 def replay(recording: str | Path, bundle_path: str | Path, *, config_path: str | Path | None = None,
            publish: str | None = None, speed: float | None = None, chunk: int = 10,
            engine_kind: str = "compiled", out: str | Path | None = None, progress: bool = False,
-           stop: threading.Event | None = None) -> LoopResult:
+           stop: threading.Event | None = None, adapt: Any = None, adapt_out: str | Path | None = None
+           ) -> LoopResult:
     """The loop over a recording: paced at ``speed`` × real time, or as fast as possible
-    (``speed=None``). With ``out``, saves ``t, values, flags, t_pub, targets`` to an ``.npz``."""
+    (``speed=None``). With ``out``, saves ``t, values, flags, t_pub, targets`` to an ``.npz``.
+    With ``adapt`` (:class:`models.adapt.AdaptSettings`), the readout adapts on the recording's
+    own targets (the same adapter as ``run_live(adapt_from=...)``) and the adapted bundle is
+    saved at ``adapt_out`` (default :func:`adapted_bundle_path`)."""
     from rt.recordings import load_recording
     from rt.sources import ReplaySource
 
@@ -94,8 +120,14 @@ def replay(recording: str | Path, bundle_path: str | Path, *, config_path: str |
     rec = load_recording(recording, config=config)
     pub = Publisher(publish) if publish else None
     try:
-        loop = build_loop(bundle, config, ReplaySource(rec, chunk=chunk, speed=speed), pub,
-                          engine_kind=engine_kind, record=out is not None, source_clock_local=False)
+        source = ReplaySource(rec, chunk=chunk, speed=speed)
+        targets = None
+        if adapt is not None:
+            from rt.target_source import ReplayTargets
+
+            targets = ReplayTargets(source)
+        loop = build_loop(bundle, config, source, pub, engine_kind=engine_kind, adapt=adapt, targets=targets,
+                          record=out is not None, source_clock_local=False)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -106,6 +138,8 @@ def replay(recording: str | Path, bundle_path: str | Path, *, config_path: str |
         finally:
             if bar is not None:
                 bar.close()
+        if adapt is not None:
+            save_adaptation(bundle, loop, result, adapt_out or adapted_bundle_path(bundle_path))
     finally:
         if pub is not None:
             pub.close()
@@ -121,7 +155,8 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
              duration: float | None = None, stop: threading.Event | None = None,
              resolve_timeout: float = 5.0, max_hops: int | None = None, keep: int = 0,
              forecaster_log: Any = None, spin_s: float = SPIN_S, hints: dict[str, Any] | None = None,
-             hints_report: dict[str, str] | None = None) -> LoopResult:
+             hints_report: dict[str, str] | None = None, adapt_from: str | None = None, adapt: Any = None,
+             adapt_out: str | Path | None = None) -> LoopResult:
     """The live loop on LSL stream ``name``. Kernels are warmed up, then the stream is resolved
     and checked against the config (``StreamNotFound``/``StreamMismatch``) before anything is
     published. With ``forecaster``, spawns
@@ -131,16 +166,30 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
     arguments of :func:`rt.realtime.apply_hints` (``cpus``, ``fifo_priority``, ``nice``,
     ``timer_slack_ns``), applied to the hot thread and the inlet's and publisher's threads once
     they exist (after the forecaster started: it inherits none); what the OS answered goes into
-    ``hints_report`` (and stderr)."""
+    ``hints_report`` (and stderr).
+
+    ``adapt_from``: the LSL stream of ground-truth targets (:class:`rt.target_source.LslTargetSource`)
+    the readout adapts on, with ``adapt`` settings (default :class:`models.adapt.AdaptSettings`);
+    on a normal stop the adapted bundle is saved at ``adapt_out`` (default beside the model)."""
     from rt.sources import LslSource
 
     bundle, config = load_model(bundle_path, config_path)
     source = LslSource(name, config, resolve_timeout=resolve_timeout)
+    targets = None
+    if adapt_from is not None:
+        from models.adapt import AdaptSettings
+        from rt.target_source import LslTargetSource
+
+        targets = LslTargetSource(adapt_from, config, resolve_timeout=resolve_timeout)
+        adapt = adapt if adapt is not None else AdaptSettings()
     pub = Publisher(publish or config.loop.publish)
     sup = None
     try:
         # warm up first (seconds of JIT/cache loading), then connect: no backlog at the first chunk
-        loop = build_loop(bundle, config, source, pub, engine_kind=engine_kind, keep=keep, spin_s=spin_s)
+        loop = build_loop(bundle, config, source, pub, engine_kind=engine_kind, keep=keep, spin_s=spin_s,
+                          adapt=adapt if targets is not None else None, targets=targets)
+        if targets is not None:
+            targets.open()
         source.open()
         with tempfile.TemporaryDirectory(prefix="exoloop-") as tmp:
             if forecaster:
@@ -161,12 +210,17 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
                 for hint, what in answered.items():
                     if what != "ok":
                         print(f"exoloop run: {hint} not applied: {what}", file=sys.stderr)
-            return loop.run(duration=duration, stop=stop, max_hops=max_hops)
+            result = loop.run(duration=duration, stop=stop, max_hops=max_hops)
+            if targets is not None:
+                save_adaptation(bundle, loop, result, adapt_out or adapted_bundle_path(bundle_path))
+            return result
     finally:
         if sup is not None:
             sup.stop()
         pub.close()
         source.close()
+        if targets is not None:
+            targets.close()
 
 
 def _free_tcp(endpoint: str) -> str:

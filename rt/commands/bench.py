@@ -13,6 +13,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "forecast": ("bench.forecast", "Lag-Llama refresh, shipped and full-size, with and without the KV cache; machine ceilings and a lower bound per case"),
     "lsl": ("bench.lsl", "LSL player pacing and outlet -> inlet transport latency"),
     "wavelet": ("bench.wavelet_tradeoff", "streaming wavelet denoiser: lookahead vs error trade-off"),
+    "adapt": ("bench.adapt", "online readout adaptation (RLS + drift guard) replayed per LOSO session: static vs adapted vs the mean predictor; per-hop cost"),
     "personalisation": ("bench.personalisation", "LOSO on the bundled gait: zero-shot, session normalisation, calibration, side by side with the mean predictor"),
     "faults": ("bench.faults", "fault injection into player -> loop -> controller processes: reactions, time to safe and back"),
     "soak": ("bench.soak", "the whole chain for --duration S with a fault every ~30 s: RSS, fds, seq gaps, watchdog trips"),

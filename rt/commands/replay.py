@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from rt.commands.run import adapt_settings, add_adapt_options
+
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=(
@@ -23,10 +25,16 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--chunk", type=int, default=10, metavar="N", help="samples per chunk (default 10)")
     p.add_argument("--engine", choices=("compiled", "eager"), default="compiled", help="step engine (default compiled)")
     p.add_argument("--out", metavar="P.npz", help="save t, values, flags, t_pub, targets per hop")
+    p.add_argument("--adapt", action="store_true",
+                   help="adapt the readout online on the recording's own targets (as run --adapt-from does live)")
+    p.add_argument("--adapt-out", metavar="P",
+                   help="where the adapted bundle is saved (default: <model>-adapted.exo beside the model)")
+    add_adapt_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.adapt import summary
     from rt.runner import replay
 
     stop = threading.Event()
@@ -34,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         r = replay(args.recording, args.model, config_path=args.config, publish=args.publish,
                    speed=args.speed, chunk=args.chunk, engine_kind=args.engine, out=args.out,
-                   progress=True, stop=stop)
+                   progress=True, stop=stop, adapt=adapt_settings(args) if args.adapt else None,
+                   adapt_out=args.adapt_out)
     except (ValueError, OSError) as exc:
         print(f"exoloop replay: {exc}", file=sys.stderr)
         return 2
@@ -44,4 +53,6 @@ def run(args: argparse.Namespace) -> int:
           f"per-hop processing p50 {1e3 * hop['p50']:.0f} us, p99 {1e3 * hop['p99']:.0f} us; "
           f"{r.flagged} flagged, {r.nonfinite_steps} non-finite steps"
           + (f"; saved {args.out}" if args.out else ""))
+    if r.adapt is not None:
+        print(summary(r.adapt))
     return 0

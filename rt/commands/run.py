@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -31,7 +32,34 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--cpus", default="", metavar="N,..", help="pin the hot path to these CPUs (an attempt; reported)")
     p.add_argument("--rt-priority", type=int, metavar="P",
                    help="SCHED_FIFO priority 1-99 for the hot path (an attempt; don't combine with spinning)")
+    p.add_argument("--adapt-from", metavar="NAME",
+                   help="adapt the readout online on this LSL stream of ground-truth targets (channels = the "
+                        "config's target names, e.g. a player's N-targets); status.adapt reports it")
+    p.add_argument("--adapt-out", metavar="P",
+                   help="where the adapted bundle is saved on exit (default: <model>-adapted.exo beside the model)")
+    add_adapt_options(p)
     p.set_defaults(func=run)
+
+
+def add_adapt_options(p: argparse.ArgumentParser) -> None:
+    """Overrides of the adaptation settings (defaults: ``models.adapt.AdaptSettings``, chosen by
+    leave-one-subject-out in ``bench/adapt.py``; docs/models.md)."""
+    p.add_argument("--adapt-lambda", type=float, metavar="L", help="RLS forgetting factor in (0, 1]")
+    p.add_argument("--adapt-delta", type=float, metavar="D",
+                   help="RLS initial P = I / D (larger: trust the static readout longer)")
+    p.add_argument("--adapt-step", type=float, metavar="S", help="largest weight change per update (Frobenius norm)")
+    p.add_argument("--adapt-window", type=int, metavar="N", help="drift-guard window (updates)")
+
+
+def adapt_settings(args: argparse.Namespace) -> Any:
+    """``AdaptSettings`` with the command line's overrides."""
+    import dataclasses
+
+    from models.adapt import AdaptSettings
+
+    given = {"lam": args.adapt_lambda, "delta": args.adapt_delta, "max_step": args.adapt_step,
+             "window": args.adapt_window}
+    return dataclasses.replace(AdaptSettings(), **{k: v for k, v in given.items() if v is not None})
 
 
 def _hints(args: argparse.Namespace) -> dict | None:
@@ -55,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                      engine_kind=args.engine, forecaster=not args.no_forecaster,
                      forecast_publish=args.forecast_publish, checkpoint=args.checkpoint,
                      duration=args.duration, stop=stop, resolve_timeout=args.resolve_timeout,
-                     spin_s=args.spin_us * 1e-6, hints=_hints(args))
+                     spin_s=args.spin_us * 1e-6, hints=_hints(args), adapt_from=args.adapt_from,
+                     adapt=adapt_settings(args), adapt_out=args.adapt_out)
     except (ValueError, OSError, LookupError, RuntimeError) as exc:
         print(f"exoloop run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -63,4 +92,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"exoloop run: {r.hops} hops, {r.samples} samples, {r.flagged} flagged; "
           f"latency (publish - newest sample) p50 {age['p50']:.3f} ms, p99 {age['p99']:.3f} ms, max {age['max']:.3f} ms",
           file=sys.stderr)
+    if r.adapt is not None:
+        from models.adapt import summary
+
+        print(f"exoloop run: {summary(r.adapt)}", file=sys.stderr)
     return 0
