@@ -15,7 +15,8 @@ Times are seconds on the LSL clock (``pylsl.local_clock()``). Decoding is defens
 frame list and any payload either gives a message whose fields have the documented types
 (ints are ints and not bools, times are finite floats, ``values``/``quantiles``/``mean`` finite
 reals) or raises :class:`SchemaError`, whose ``reason`` (one of :data:`REASONS`) says what kind
-of fault it was. Payloads above a per-topic size (:func:`size_limits`) are refused unread.
+of fault it was. Payloads above a per-topic size (:func:`size_limits`, or :data:`MAX_PAYLOAD`
+when the reader gives none) are refused unread.
 Keys beyond v1 are kept, unchecked.
 """
 
@@ -61,6 +62,10 @@ _F64 = 9  # bytes of one msgpack float64 (or any int)
 _HDR = 5  # bytes of the longest msgpack array / map / str header
 _FIELDS = 256  # room for a map header, the keys and the scalar fields of any v1 message
 _TEXT = 16 << 10  # room for the free-text parts of status / forecaster (stage names, supervisor state)
+
+#: The largest payload a reader without :func:`size_limits` unpacks (bytes): 7x the largest
+#: message of the bundled configs (an 85 kB SIAT horizon) rounded up to a power of two.
+MAX_PAYLOAD = 1 << 19
 
 
 class SchemaError(ValueError):
@@ -184,14 +189,15 @@ def decode(topic: bytes, payload: bytes, *, limits: dict[bytes, int] | None = No
            n_targets: int | None = None) -> dict[str, Any]:
     """Validate and unpack one message; raises :class:`SchemaError` naming what is wrong.
 
-    ``limits``: the largest payload per topic (:func:`size_limits`), checked before unpacking.
+    ``limits``: the largest payload per topic (:func:`size_limits`; default :data:`MAX_PAYLOAD`),
+    checked before unpacking.
     ``n_targets``: the number of ``values`` a ``pred`` must have. A ``pred`` comes back with
     ``values`` as floats and ``session`` (None when absent)."""
     if topic not in _KEYS:
         raise SchemaError(f"unknown topic {topic[:32]!r} (known: {[t.decode() for t in _KEYS]})", "topic")
     name = topic.decode()
-    limit = None if limits is None else limits.get(topic)
-    if limit is not None and len(payload) > limit:
+    limit = MAX_PAYLOAD if limits is None else limits.get(topic, MAX_PAYLOAD)
+    if len(payload) > limit:
         raise SchemaError(f"{name} payload is {len(payload)} bytes, the limit is {limit}", "size")
     try:
         body = msgpack.unpackb(payload, raw=False)

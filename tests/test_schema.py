@@ -15,6 +15,7 @@ from rt import schema
 from rt.forecast_worker import WorkerState
 
 TOPICS = [schema.PRED, schema.HORIZON, schema.STATUS, schema.FORECASTER]
+PRED_OK = {"v": 1, "seq": 3, "t_src": 1.0, "t_pub": 1.0, "values": [0.5], "flags": 0}
 
 
 def test_pred_round_trip_with_session():
@@ -73,9 +74,9 @@ def test_size_limits_bound_the_largest_messages_the_config_makes(name):
     with pytest.raises(schema.SchemaError, match="limit") as exc:
         schema.decode(schema.PRED, pred + b"\0" * limits[schema.PRED], limits=limits)
     assert exc.value.reason == "size"
-
-
-PRED_OK = {"v": 1, "seq": 3, "t_src": 1.0, "t_pub": 1.0, "values": [0.5], "flags": 0}
+    with pytest.raises(schema.SchemaError, match="limit") as exc:  # no limits given: MAX_PAYLOAD
+        schema.decode(schema.PRED, msgpack.packb({**PRED_OK, "pad": b"\0" * schema.MAX_PAYLOAD}))
+    assert exc.value.reason == "size"
 
 
 @pytest.mark.parametrize(
