@@ -74,34 +74,30 @@ def test_run_controller_over_zeromq_goes_safe_when_preds_stop_and_logs_commands(
                for a, b in zip(commands, commands[1:]))  # at most rate x elapsed per command
 
 
-def _garbage(seq: int) -> list[bytes]:
-    """Non-pred garbage (the SUB filter passes it: its first frame starts with a topic)."""
-    status = msgpack.unpackb(schema.encode_status(
-        t_pub=1.0, targets=["k"], channels=["c"], fs_nominal=1e3, fs_measured=1e3, hops=1,
-        samples_dropped=0, gaps=0, latency_ms={}, forecaster=None))
-    kinds = [
-        [b"status"],
-        [b"status", b"x", b"y"],
-        [b"status", msgpack.packb([1, 2])],
-        [b"status", b"\xc1"],
-        [b"status", msgpack.packb({"v": 2})],
-        [b"status", msgpack.packb({"v": 1})],
-        [b"status", msgpack.packb({**status, "hops": "many"})],
-        [b"predator", b""],
-    ]
-    return kinds[seq % len(kinds)]
+_STATUS = msgpack.unpackb(schema.encode_status(
+    t_pub=1.0, targets=["k"], channels=["c"], fs_nominal=1e3, fs_measured=1e3, hops=1,
+    samples_dropped=0, gaps=0, latency_ms={}, forecaster=None))
+_PRED = msgpack.unpackb(schema.encode_pred(0, 0.0, 0.0, [0.0], 0, SESSION))
 
-
-def _pred_garbage(seq: int) -> list[bytes]:
-    good = msgpack.unpackb(schema.encode_pred(seq, 0.0, 0.0, [0.0], 0, SESSION))
-    kinds = [
-        [schema.PRED],
-        [schema.PRED, schema.encode_pred(seq, 0.0, 0.0, [0.0], 0, SESSION), b"tail"],
-        [schema.PRED, msgpack.packb({**good, "seq": str(seq)})],
-        [schema.PRED, msgpack.packb({**good, "flags": True})],
-        [schema.PRED, b"\0" * 4096],
-    ]
-    return kinds[seq % len(kinds)]
+#: Non-pred garbage (the SUB filter passes it: its first frame starts with a subscribed topic).
+GARBAGE = [
+    [b"status"],
+    [b"status", b"x", b"y"],
+    [b"status", msgpack.packb([1, 2])],
+    [b"status", b"\xc1"],
+    [b"status", msgpack.packb({"v": 2})],
+    [b"status", msgpack.packb({"v": 1})],
+    [b"status", msgpack.packb({**_STATUS, "hops": "many"})],
+    [b"predator", b""],
+]
+#: Garbage on the pred topic: each one a refused pred.
+PRED_GARBAGE = [
+    [schema.PRED],
+    [schema.PRED, msgpack.packb(_PRED), b"tail"],
+    [schema.PRED, msgpack.packb({**_PRED, "seq": "1"})],
+    [schema.PRED, msgpack.packb({**_PRED, "flags": True})],
+    [schema.PRED, b"\0" * 4096],
+]
 
 
 def test_garbage_flood_cannot_hold_off_the_watchdog_and_never_crashes_the_controller():
@@ -131,8 +127,8 @@ def test_garbage_flood_cannot_hold_off_the_watchdog_and_never_crashes_the_contro
     try:
         seq, last_valid = until_active(0, 1)
         n, t_end = 0, time.monotonic() + 2.0
-        while time.monotonic() < t_end:  # ~2 s of non-pred garbage, as fast as this thread sends
-            pub.send_multipart(_garbage(n), flags=zmq.NOBLOCK)
+        while time.monotonic() < t_end:  # ~2 s of non-pred garbage, as fast as this thread sends (50-100 k/s here)
+            pub.send_multipart(GARBAGE[n % len(GARBAGE)], flags=zmq.NOBLOCK)
             if n % 5000 == 0:  # the connection drops (oversize) while a 1000-frame message is half read
                 pub.send_multipart([b"status"] + [b"f"] * 1000, flags=zmq.NOBLOCK)
                 pub.send_multipart([b"status", b"\0" * (1 << 20)], flags=zmq.NOBLOCK)  # over MAXMSGSIZE
@@ -140,7 +136,7 @@ def test_garbage_flood_cannot_hold_off_the_watchdog_and_never_crashes_the_contro
         seq, _ = until_active(seq, 2)  # it still reads valid preds (and reconnected after the oversize)
         t_end = time.monotonic() + 0.5
         while time.monotonic() < t_end:  # garbage on the pred topic: refused preds
-            pub.send_multipart(_pred_garbage(n), flags=zmq.NOBLOCK)
+            pub.send_multipart(PRED_GARBAGE[n % len(PRED_GARBAGE)], flags=zmq.NOBLOCK)
             n += 1
         time.sleep(0.3)
     finally:
