@@ -7,10 +7,11 @@ Nothing on this path waits on anything slow: the forecaster is another process f
 (:mod:`rt.publish`), and the per-stage times go into preallocated histograms
 (:mod:`rt.latency`). NumPy arrays are not allocated per hop; the msgpack payload is.
 
-``pred``: ``seq`` counts hops from 0 without gaps; ``t_src`` is the timestamp of the newest
-input sample consumed for the frame (the front end's own algorithmic delay, ``delay_s`` in
-``status``, is not hidden in it); ``t_pub`` is ``pylsl.local_clock()`` just before the send.
-A flagged frame is still published. If the step returns non-finite values, the last finite
+``pred``: ``seq`` counts hops from 0 without gaps; ``session`` is a random 64-bit id drawn once
+per ``Loop`` (a receiver tells a restarted loop, whose ``seq`` starts again, from this one);
+``t_src`` is the timestamp of the newest input sample consumed for the frame (the front end's
+own algorithmic delay, ``delay_s`` in ``status``, is not hidden in it); ``t_pub`` is
+``pylsl.local_clock()`` just before the send. A flagged frame is still published. If the step returns non-finite values, the last finite
 values are published instead with :data:`kernels.flags.NONFINITE` set, and the engine's
 recurrent state is reset (it would stay non-finite otherwise).
 
@@ -133,6 +134,7 @@ class Loop:
         self._record = _Record(config.targets.n_targets) if record else None
         self._last_good = np.zeros(config.targets.n_targets, np.float32)
         self.seq = 0
+        self.session = schema.new_session()  # tells this loop's preds from a restarted loop's
         self.chunks = 0
         self.samples = 0
         self.nonfinite_steps = 0
@@ -154,7 +156,7 @@ class Loop:
         frames = self.frontend.push(np.arange(n, dtype=np.float64) / self.config.stream.fs,
                                     np.zeros((n, self.config.stream.n_channels), np.float32))
         for i in range(len(frames.t)):
-            schema.encode_pred(0, float(frames.t[i]), 0.0, self.engine.step(frames.features[i]), 0)
+            schema.encode_pred(0, float(frames.t[i]), 0.0, self.engine.step(frames.features[i]), 0, self.session)
         self.frontend.reset()
         self.engine.reset()
 
@@ -274,7 +276,7 @@ class Loop:
                     if fl & invalid:
                         self.flagged += 1
                     if pub is not None:
-                        pub.send(PRED, encode(self.seq, t_src, t_pub, last_good, fl))
+                        pub.send(PRED, encode(self.seq, t_src, t_pub, last_good, fl, self.session))
                     tc = clock()
                     h_step.add(tb - ta)
                     h_pub.add(tc - t_pub)
