@@ -11,9 +11,10 @@ Nothing on this path waits on anything slow: the forecaster is another process f
 per ``Loop`` (a receiver tells a restarted loop, whose ``seq`` starts again, from this one);
 ``t_src`` is the timestamp of the newest input sample consumed for the frame (the front end's
 own algorithmic delay, ``delay_s`` in ``status``, is not hidden in it); ``t_pub`` is
-``pylsl.local_clock()`` just before the send. A flagged frame is still published. If the step returns non-finite values, the last finite
-values are published instead with :data:`kernels.flags.NONFINITE` set, and the engine's
-recurrent state is reset (it would stay non-finite otherwise).
+``pylsl.local_clock()`` just before the send. A flagged frame is still published. If the step
+returns non-finite values, the last finite values are published instead with
+:data:`kernels.flags.NONFINITE` set, and the engine's recurrent state is reset (it would stay
+non-finite otherwise).
 
 Flags the loop adds to the front end's: RATE (the source's measured rate is off nominal or not
 yet verified: ``source.chunk_flags``), and, for sources on the local LSL clock, STALE (the
