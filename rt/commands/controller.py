@@ -15,12 +15,14 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         "status, optionally a forecaster's horizon; watchdog, safe mode, clamps and rate limits "
         "from the config's [controller] table (refuses malformed, late, repeated and flagged preds); "
         "logs every mode transition."))
-    p.add_argument("--connect", required=True, metavar="EP", help="the loop's publish endpoint (tcp://HOST:PORT or ipc://PATH)")
+    p.add_argument("--connect", required=True, metavar="EP",
+                   help="the loop's publish endpoint (tcp://HOST:PORT or ipc://PATH)")
     p.add_argument("--connect-horizon", metavar="EP2", help="a forecaster's publish endpoint (horizon messages)")
     p.add_argument("--config", required=True, metavar="C", help="profile name (siat_llmd, uci_lower_limb) or TOML path")
     p.add_argument("--safe-mode", choices=("hold", "zero"), help="override controller.safe_mode")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
-    p.add_argument("--jsonl", action="store_true", help="print transitions, applied commands and a final summary as JSON lines on stdout")
+    p.add_argument("--jsonl", action="store_true",
+                   help="print transitions, applied commands and a final summary as JSON lines on stdout")
     p.set_defaults(func=run)
 
 
