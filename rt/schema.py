@@ -13,8 +13,8 @@
 
 Times are seconds on the LSL clock (``pylsl.local_clock()``). Decoding is defensive: any
 frame list and any payload either gives a message whose fields have the documented types
-(ints are ints and not bools, times are finite floats, ``values``/``quantiles``/``mean`` finite
-reals) or raises :class:`SchemaError`, whose ``reason`` (one of :data:`REASONS`) says what kind
+(ints are ints and not bools, times are finite floats, ``pred.values`` finite reals,
+``horizon`` quantiles/mean reals, NaN where the forecaster had no value) or raises :class:`SchemaError`, whose ``reason`` (one of :data:`REASONS`) says what kind
 of fault it was. Payloads above a per-topic size (:func:`size_limits`, or :data:`MAX_PAYLOAD`
 when the reader gives none) are refused unread.
 Keys beyond v1 are kept, unchecked.
@@ -284,9 +284,9 @@ def _check_horizon(name: str, body: dict[str, Any], n_targets: int | None) -> No
         raise SchemaError(f"{name} quantiles and mean must have one series per target ({t})", "type")
     steps = len(quant[0]) if quant else 0
     for k, (qs, ms) in enumerate(zip(quant, mean)):
-        if len(qs) != steps or any(len(_reals(name, "quantiles", step)) != q for step in qs):
+        if len(qs) != steps or any(len(_reals(name, "quantiles", step, finite=False)) != q for step in qs):
             raise SchemaError(f"{name} quantiles are not [targets={t}][steps={steps}][levels={q}]", "type")
-        if len(_reals(name, "mean", ms)) != steps:
+        if len(_reals(name, "mean", ms, finite=False)) != steps:
             raise SchemaError(f"{name} mean[{k}] has {len(ms)} steps, quantiles have {steps}", "type")
 
 
