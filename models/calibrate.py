@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ import torch
 from kernels.normalize import NormStats
 from models.baselines import GPRModel
 from models.bundle import save_bundle
-from models.dataset import FrameSet, RecordingArrays, fit_stats, held_out_from, make_frames, time_cut
+from models.adapt import bundle_lead_s
+from models.dataset import FROZEN, FrameSet, RecordingArrays, fit_stats, held_out_from, make_frames, time_cut
 from models.evaluate import score
 from models.train import bundle_parts, pad_standardised, target_stats, tbptt_epoch, predict_units
 from models.xlstm_regressor import Regressor
@@ -156,7 +158,7 @@ def calibrate(bundle: Any, recs: list[RecordingArrays], out: str | Path, ft: Fin
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
     config, pop = bundle.config, bundle.model()
-    lead = float(bundle.manifest.get("training", {}).get("settings", {}).get("lead_ms", 0.0))
+    lead = bundle_lead_s(bundle) * 1e3
     t0 = time.perf_counter()
     seq = not isinstance(pop, GPRModel)
     bar = tqdm(total=2 * ft.steps * seq + 4, desc="calibrate", unit="step", disable=not progress, leave=False)
@@ -191,7 +193,7 @@ def calibrate(bundle: Any, recs: list[RecordingArrays], out: str | Path, ft: Fin
         "fine_tune": asdict(ft), "held_out": held,
     }
     h = save_bundle(out, config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays,
-                    metrics=held["calibrated"], training=training, normalisation={"mode": "frozen", "warmup_s": 0.0})
+                    metrics=held["calibrated"], training=training, normalisation=FROZEN.to_dict())
     stage("saved")
     bar.close()
     return CalibrationReport(Path(out), h, held, time.perf_counter() - t0, calib_s, asdict(ft))
@@ -223,20 +225,23 @@ def training_mean(model: Any) -> np.ndarray:
 
 def lab_report(bundles: dict[str, Any], recs: list[RecordingArrays], *, test_fraction: float = 0.5,
                windows: tuple[str, ...] = (), ft: FineTune = FineTune(), engine_kind: str = "compiled",
-               progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+               adapted: Callable[[str], list[np.ndarray]] | None = None, progress: bool = False
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per recording, the last ``test_fraction`` scored continuously (each session stepped from its
     start) under each condition — "zero-shot" (each bundle as it is, through its step engine) and
     "calibrated <w>" for each window (the patient's statistics fitted on the first ``w`` of the
     session, then :func:`adapt_model` on it) — for every bundle (label -> bundle), beside the
     training-mean predictor (the first bundle's training mean zero-shot; the window's mean after
-    calibration). Returns the report (``score`` per condition and model, with per-recording
-    figures) and, for plots, ``{condition: {"sets": [...], label: [preds], ...}}``."""
+    calibration; targets at the first bundle's lead). ``adapted(label)``: that bundle's published predictions per recording with online
+    adaptation from zero-shot (one per frame of each whole session; e.g. ``exoloop replay --adapt``'s),
+    scored as the condition "online adaptation". Returns the report (``score`` per condition and
+    model, with per-recording figures) and, for plots, ``{condition: {"sets": [...], label: [preds], ...}}``."""
     from tqdm import tqdm
 
     from models.evaluate import bundle_frames, predict_sets
 
     first = next(iter(bundles.values()))
-    config = first.config
+    config, lead = first.config, bundle_lead_s(first) * 1e3
     for label, b in bundles.items():
         b.check_compatible(config)
     cuts = [time_cut(r, test_fraction) for r in recs]
@@ -257,6 +262,17 @@ def lab_report(bundles: dict[str, Any], recs: list[RecordingArrays], *, test_fra
     plot["mean"] = [np.broadcast_to(mean, s.targets.shape) for s in plot["sets"]]
     cond["mean"] = score(plot["sets"], plot["mean"], config)
     report["conditions"]["zero-shot"], plots["zero-shot"] = cond, plot
+    if adapted is not None:
+        cond, plot = {}, {"sets": plots["zero-shot"]["sets"]}
+        for label, b in bundles.items():
+            sets = bundle_frames(b, recs, test_fraction)
+            preds = adapted(label)
+            bad = [s.name for s, p in zip(sets, preds) if len(p) != len(s.t)]
+            if bad:
+                raise ValueError(f"online adaptation of {label}: prediction count differs from the frames of {', '.join(bad)}")
+            plot[label], cond[label] = preds, score(sets, preds, config)
+        plot["mean"], cond["mean"] = plots["zero-shot"]["mean"], report["conditions"]["zero-shot"]["mean"]
+        report["conditions"]["online adaptation"], plots["online adaptation"] = cond, plot
 
     for w in windows:
         cond, plot = {}, {}
@@ -265,9 +281,9 @@ def lab_report(bundles: dict[str, Any], recs: list[RecordingArrays], *, test_fra
         for r, c, t0 in zip(recs, cuts, starts):
             n = calibration_rows(r, w, c)
             used.append(float(r.timestamps[n - 1] - r.timestamps[0]))
-            stats, (fit,) = _stats_and_frames(config, [r.cut(0, n, "[cal]")], 0.0)
+            stats, (fit,) = _stats_and_frames(config, [r.cut(0, n, "[cal]")], lead)
             fits.append(fit)
-            tests.append(held_out_from(make_frames(config, stats, r), t0))
+            tests.append(held_out_from(make_frames(config, stats, r, lead_ms=lead), t0))
         plot["sets"] = tests
         for label, b in bundles.items():
             preds = []

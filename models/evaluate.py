@@ -60,7 +60,9 @@ def bundle_frames(bundle: Any, recordings: list[RecordingArrays], test_fraction:
     """Frames from the bundle's own config, normalisation and training lead. With
     ``test_fraction``, each whole session is kept (fed from its start, as live) and only its last
     ``test_fraction`` is scored (:func:`models.dataset.held_out_from`)."""
-    lead = float(bundle.manifest.get("training", {}).get("settings", {}).get("lead_ms", 0.0))
+    from models.adapt import bundle_lead_s
+
+    lead = bundle_lead_s(bundle) * 1e3
     sets = [make_frames(bundle.config, bundle.norm_stats, r, lead_ms=lead, norm=bundle.normalisation)
             for r in recordings]
     if test_fraction is None:

@@ -114,3 +114,27 @@ def test_calibrate_live_against_a_real_player(tmp_path, population, patient_file
         player.wait(10)
     assert main(["calibrate", patient_file, "--name", name, "--model", str(population), "--out", "x.exo"]) == 2
     assert "not both or neither" in capsys.readouterr().err
+
+
+def test_lab_report(tmp_path, population, patient_file, capsys):
+    """evaluate --calibrate/--compare/--adapt: every condition scores the same frames (the second
+    half, continuously); the mean rows are the training mean (zero-shot) and the window's mean."""
+    import json
+    import shutil
+
+    other = tmp_path / "other.exo"
+    shutil.copy(population, other)
+    js, png = tmp_path / "lab.json", tmp_path / "lab.png"
+    assert main(["evaluate", str(population), patient_file, "--calibrate", "2,50%", "--compare", str(other),
+                 "--adapt", "--steps", "20", "--json", str(js), "--plot", str(png)]) == 0
+    rep = json.loads(js.read_text())
+    conds = rep["conditions"]
+    assert list(conds) == ["zero-shot", "online adaptation", "calibrated 2", "calibrated 50%"]
+    frames = {c: {k: v["frames"] for k, v in m.items() if k != "calibration_s"} for c, m in conds.items()}
+    assert len({n for f in frames.values() for n in f.values()}) == 1  # one scored span everywhere
+    assert set(frames["zero-shot"]) == {"lstm (pop)", "lstm (other)", "mean"}
+    assert conds["calibrated 2"]["calibration_s"]["4Nmar"] == pytest.approx(2.0, abs=0.01)
+    assert conds["calibrated 50%"]["lstm (pop)"]["rmse"][0] < conds["calibrated 50%"]["mean"]["rmse"][0]
+    for c in ("zero-shot", "online_adaptation", "calibrated_2", "calibrated_50pct"):
+        assert (tmp_path / f"lab-{c}.png").stat().st_size > 1000
+    assert "4Nmar" in capsys.readouterr().out

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--layers", choices=("readout", "last", "all"), default=None,
                    help="fine-tune layers for --calibrate (default: exoloop calibrate's)")
     p.add_argument("--steps", type=int, metavar="N", help="fine-tune steps for --calibrate (default: exoloop calibrate's)")
+    p.add_argument("--adapt", action="store_true",
+                   help="lab report: also online adaptation from zero-shot on each recording's own targets "
+                        "(exoloop replay --adapt, default adaptation settings), scored on the same span")
     p.add_argument("--json", metavar="J", help="write the metrics (overall and per recording) as JSON")
     p.add_argument("--plot", metavar="P", help="write a PNG of predicted vs true over time (one per condition "
                                                "in a lab report: P with the condition in its name)")
@@ -48,19 +51,21 @@ def run(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate_bundle, format_table, plot_predictions
     from rt.datasets import load_labelled
 
-    lab = bool(args.calibrate or args.compare)
+    lab = bool(args.calibrate or args.compare or args.adapt)
     try:
         bundle = load_bundle(args.bundle)
         recs = load_labelled(args.recordings, bundle.config)
         if lab:
             from models.calibrate import FineTune, format_lab_table, lab_report
 
-            bundles = {f"{load_bundle(p).arch_name} ({Path(p).stem})": load_bundle(p) for p in [args.bundle, *args.compare]}
+            paths = {f"{load_bundle(p).arch_name} ({Path(p).stem})": p for p in [args.bundle, *args.compare]}
+            bundles = {label: load_bundle(p) for label, p in paths.items()}
+            adapted = (lambda label: adapted_predictions(paths[label], args.recordings)) if args.adapt else None
             ft = FineTune(**{k: v for k, v in (("layers", args.layers), ("steps", args.steps)) if v is not None})
             windows = tuple(w.strip() for w in args.calibrate.split(",")) if args.calibrate else ()
             frac = args.test_fraction if args.test_fraction is not None else 0.5
             report, plots = lab_report(bundles, recs, test_fraction=frac, windows=windows, ft=ft,
-                                       engine_kind=args.engine, progress=True)
+                                       engine_kind=args.engine, adapted=adapted, progress=True)
         else:
             metrics, sets, preds = evaluate_bundle(bundle, recs, args.engine, args.test_fraction)
     except (ValueError, OSError) as exc:
@@ -87,3 +92,20 @@ def run(args: argparse.Namespace) -> int:
             plot_predictions(plot["sets"], {k: v for k, v in plot.items() if k != "sets"}, bundle.config, path, name)
             print(f"wrote {path}")
     return 0
+
+
+def adapted_predictions(bundle_path: str, recordings: list[str]) -> list:
+    """Published predictions of ``exoloop replay --adapt`` (as fast as possible) per recording."""
+    import tempfile
+    from pathlib import Path
+
+    from models.adapt import AdaptSettings
+    from rt.runner import replay
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="exoloop-evaluate-") as tmp:
+        for i, rec in enumerate(recordings):
+            res = replay(rec, bundle_path, speed=None, out=Path(tmp) / f"{i}.npz", adapt=AdaptSettings(),
+                         adapt_out=Path(tmp) / f"{i}.exo")
+            out.append(res.values.copy())
+    return out
