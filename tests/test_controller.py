@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import flags as F
+from kernels.config import ConfigError, parse_config
 from rt import schema
 from rt.controller import ACTIVE, SAFE, WAITING, Controller
 
@@ -179,6 +180,22 @@ def test_refused_pred_enters_safe_mode_and_resumes_after_watchdog_hops(uci_confi
     np.testing.assert_array_equal(c.command, held if safe_mode == "hold" else 0 * held)
     seq, t = activate(c, v, t + c.hop_s, seq + 1)
     assert [tr.new for tr in c.summary.transitions] == [ACTIVE, SAFE, ACTIVE]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("max_age_ms", 0.0, "controller.max_age_ms"),
+        ("max_age_ms", float("nan"), "controller.max_age_ms"),
+        ("future_tolerance_ms", -1.0, "controller.future_tolerance_ms"),
+        ("lower", [5.0], "controller.lower.*0 .*within"),
+    ],
+)
+def test_controller_config_is_validated(uci_config, key, value, match):
+    data = uci_config.to_dict()
+    data["controller"][key] = value
+    with pytest.raises(ConfigError, match=match):
+        parse_config(data)
 
 
 def test_age_and_future_limits_come_from_the_config(uci_config):

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from rt import schema
-from rt.controller import ACTIVE, SAFE, run_controller
+from rt.controller import ACTIVE, SAFE, Controller, _Inbox, run_controller
 from rt.publish import Publisher
 
 PY = [sys.executable, "-m", "rt.cli"]
@@ -159,6 +159,39 @@ def test_garbage_flood_cannot_hold_off_the_watchdog_and_never_crashes_the_contro
     assert summary["reconnects"] >= 1  # the oversize frames dropped the connection; it was re-made
     refused_lines = [ln for ln in err.splitlines() if "refused messages:" in ln]
     assert 1 <= len(refused_lines) <= 10  # rate-limited: about one line a second, not one per message
+
+
+def test_one_drain_reads_at_most_max_frames_and_a_long_message_spans_drains(uci_config):
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:*")
+    ep = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(ep)
+    inbox = _Inbox(sub, ep)
+    ctl = Controller(uci_config)
+    try:
+        while not sub.poll(20):  # until the subscription has reached the publisher
+            pub.send_multipart([b"status", b"\xc1"])
+        for _ in range(500):  # drain what the handshake loop queued
+            inbox.drain(ctl, 1000, pylsl.local_clock)
+        before = dict(ctl.summary.refused)
+        pub.send_multipart([b"status"] + [b"f"] * 449)  # 450 frames
+        pub.send_multipart([b"status", b"\xc1"])
+        assert sub.poll(2000)
+        time.sleep(0.1)  # the second message follows the first on the same connection
+        inbox.drain(ctl, 200, pylsl.local_clock)
+        inbox.drain(ctl, 200, pylsl.local_clock)
+        assert ctl.summary.refused == before  # 400 frames read, the long message not finished yet
+        inbox.drain(ctl, 200, pylsl.local_clock)
+        assert ctl.summary.refused["frames"] == before.get("frames", 0) + 1
+        assert ctl.summary.refused["msgpack"] == before["msgpack"] + 1  # the next message, whole
+    finally:
+        inbox.close()
+        pub.close(0)
 
 
 @pytest.mark.parametrize(
