@@ -46,18 +46,15 @@ def test_run_controller_over_zeromq_goes_safe_when_preds_stop_and_logs_commands(
     t = threading.Thread(target=lambda: box.setdefault("s", run_controller(cfg, pub.endpoint, stop=stop, jsonl=out)))
     t.start()
     hop_s = cfg.frontend.window.hop / cfg.stream.fs
-    seq = 0
-    # keep publishing at the nominal rate until the controller has gone active (it subscribed)
-    while '"new": "active"' not in out.getvalue() and seq < 2000:
+    seq = after = 0
+    # publish until the controller has gone active (it subscribed), then 5 more; at twice the
+    # nominal rate, so only a scheduling hiccup of 75 ms could trip the 100 ms watchdog
+    while after < 5 and seq < 2000:
         now = pylsl.local_clock()
         pub.send(schema.PRED, schema.encode_pred(seq, now, now, [20.0], 0, SESSION))
         seq += 1
-        time.sleep(hop_s)
-    for _ in range(5):
-        now = pylsl.local_clock()
-        pub.send(schema.PRED, schema.encode_pred(seq, now, now, [20.0], 0, SESSION))
-        seq += 1
-        time.sleep(hop_s)
+        after += '"new": "active"' in out.getvalue()
+        time.sleep(hop_s / 2)
     time.sleep(10 * hop_s)  # silence: the watchdog must fire
     stop.set()
     t.join(10)
