@@ -196,7 +196,7 @@ class FrontEnd:
         self._seen = np.zeros(c, dtype=np.uint8)
         self._run = np.zeros(c, dtype=np.int64)
         self._last_t = np.full(1, np.nan)
-        self._steps = np.zeros((c, self.length - 1))
+        self._steps = np.zeros((self.length - 1, c))
         self._level = np.zeros(c)
         self._pos = np.zeros(2, dtype=np.int64)
         self._pending = np.zeros(1, dtype=np.uint32)

@@ -66,11 +66,11 @@ def inspect_chunk(
     ``floor_sum`` float64[C]: LOW_LEVEL floor times ``flat_len - 1`` (0 disables the check).
     State, updated in place: ``held`` float64[C] last good value, ``seen`` uint8[C] had a good
     value, ``run`` int64[C] rows the value has stayed the same, ``last_t`` float64[1] last
-    repaired time (NaN before the first row), ``steps`` float64[C, flat_len - 1] ring of the
+    repaired time (NaN before the first row), ``steps`` float64[flat_len - 1, C] ring of the
     last |x[i] - x[i-1]|, ``level`` float64[C] their sum, ``pos`` int64[2] (ring slot, rows).
     """
     n, n_ch = raw.shape
-    ring = steps.shape[1]
+    ring = steps.shape[0]
     for c in range(n_ch):
         start[c] = 0 if seen[c] else n
     for i in range(n):
@@ -114,8 +114,8 @@ def inspect_chunk(
             held[c] = v
             if run[c] >= flat_len:
                 f |= _FLAT
-            level[c] += d - steps[c, slot]
-            steps[c, slot] = d
+            level[c] += d - steps[slot, c]
+            steps[slot, c] = d
             if full and level[c] < floor_sum[c] and floor_sum[c] > 0.0:
                 f |= _LOW_LEVEL
             out[i, c] = v

@@ -184,6 +184,8 @@ def test_2_player_restart_recovers_and_forecaster_kill_leaves_no_gap(setup, live
     _wait(lambda: len(col.preds) > n_before + 20, 60, "preds after the player restarted")
     resumed = col.preds[n_before:]
     assert resumed[0]["flags"] & F.GAP, "the first frame after the restart must be flagged GAP"
+    assert resumed[0]["flags"] & F.RESTART and resumed[0]["flags"] & F.WARMUP  # front end + engine restarted
+    _wait(lambda: any(s["resets"] >= 1 for s in col.status), 10, "the restart counted in status")
     _wait(lambda: _modes(live["events"])[-1] == "active", 20, "controller back to active")
     assert _modes(live["events"])[:3] == ["active", "safe", "active"]
     # kill the forecaster mid-run (its pid comes from the loop's status)
