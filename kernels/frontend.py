@@ -2,7 +2,8 @@
 
 Per channel, in order (see docs/frontend.md):
 
-1. inspection (:mod:`kernels.sanitize`): NaN/inf held, timestamps repaired, row flags;
+1. inspection (:mod:`kernels.sanitize`): NaN/inf and saturated samples held, timestamps
+   repaired, row flags, window level (LOW_LEVEL); at a time jump :meth:`FrontEnd.push` restarts;
 2. baseline removal (:mod:`kernels.baseline`, causal exponential running mean);
 3. max-abs scaling with the frozen ``NormStats.signal_maxabs``;
 4. streaming wavelet-packet denoiser (:mod:`kernels.wavelet`, if enabled; adds ``delay_samples``;
@@ -13,6 +14,8 @@ Per channel, in order (see docs/frontend.md):
 7. feature scaling to [-1, 1] with the frozen ``NormStats.feature_lo/hi``.
 
 The same object makes training features (:func:`run_offline`) and live frames (:meth:`FrontEnd.push`).
+A bad row's flag lasts ``span_samples`` rows: the window plus the chain's settling span, computed
+from the stages' responses (docs/frontend.md, "Flags").
 """
 
 from __future__ import annotations
