@@ -13,7 +13,8 @@ from rt.recordings import load_recording
 
 def load_labelled(paths: list[str | Path], config: Config) -> list[RecordingArrays]:
     """Read each recording (format sniffed, channels/targets mapped to ``config``); every one
-    must carry the config's targets. Name = file stem (the split group derives from it)."""
+    must hold some target values (ValueError naming the file when all are missing).
+    Name = file stem (the split group derives from it)."""
     if not paths:
         raise ValueError("no recordings given")
     out = []
@@ -22,6 +23,9 @@ def load_labelled(paths: list[str | Path], config: Config) -> list[RecordingArra
         if rec.targets is None:
             raise ValueError(f"{p}: recording has no target channels; training and evaluation need "
                              f"{', '.join(config.targets.names)}")
+        if not np.isfinite(rec.targets).any():
+            raise ValueError(f"{p}: no target value in any sample ({', '.join(config.targets.names)} not in the "
+                             "recording, or every value missing); training and evaluation need them")
         out.append(RecordingArrays(Path(p).stem, np.asarray(rec.timestamps, np.float64),
                                    np.asarray(rec.samples, np.float32), np.asarray(rec.targets, np.float32)))
     return out

@@ -5,7 +5,8 @@ block written straight to the file, fsynced every ``fsync_interval`` s (default 
 inlets are drained every ``poll_s`` (20 ms), so ``kill -9`` loses only what liblsl still held
 for us (tens of ms) plus at most one torn block, which the reader skips. Timestamps are on this
 host's LSL clock (``proc_clocksync``). Optionally also an XDF file, with raw sender
-timestamps and ClockOffset chunks as the XDF convention has it (pyxdf re-applies them).
+timestamps and ClockOffset chunks as the XDF convention has it (pyxdf re-applies them), each
+stream's full LSL header and a Boundary chunk every 10 s of data.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
-def _companions(name: str, timeout: float) -> list[tuple[pylsl.StreamInfo, str]]:
-    """The ``-targets`` and ``-markers`` streams of ``name`` that appear within ``timeout`` s each."""
+def _companions(name: str, timeout: float, targets: str | None = None) -> list[tuple[pylsl.StreamInfo, str]]:
+    """The target stream (``targets``, default ``name-targets``) and the ``-markers`` stream of
+    ``name`` that appear within ``timeout`` s each."""
     out = []
-    for suffix, role in ((TARGETS_SUFFIX, "targets"), (MARKERS_SUFFIX, "markers")):
-        info = resolve(name + suffix, None, timeout)
+    for stream, role in ((targets or name + TARGETS_SUFFIX, "targets"), (name + MARKERS_SUFFIX, "markers")):
+        info = resolve(stream, None, timeout)
         if info is not None:
             out.append((info, role))
     return out
@@ -55,28 +57,40 @@ def _companions(name: str, timeout: float) -> list[tuple[pylsl.StreamInfo, str]]
 def record(name: str, out: str | Path, *, xdf: str | Path | None = None, duration: float | None = None,
            stop: threading.Event | None = None, stream_type: str | None = None,
            resolve_timeout: float = 5.0, companion_timeout: float = 2.0, fsync_interval: float = 0.25,
-           poll_s: float = 0.02, progress=None) -> RecorderStats:
+           poll_s: float = 0.02, overwrite: bool = False, targets: str | None = None,
+           progress=None) -> RecorderStats:
     """Record stream ``name`` (+ companions) to ``out`` until ``duration`` s pass or ``stop`` is set.
 
-    Companion streams are looked up for ``companion_timeout`` s each. ``out`` must not exist
-    (never overwrite a recording). ``progress``: optional object with
-    ``update(n_samples)``.
+    Companion streams (``targets``: the target stream's name, default ``name-targets``) are
+    looked up for ``companion_timeout`` s each. ``out`` (and ``xdf``) must
+    not exist unless ``overwrite``; even then an existing file is removed only once the stream
+    has been found. ``progress``: optional object with ``update(n_samples)``.
     """
     out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out}: exists; the recorder never overwrites a recording")
+    existing = [p for p in (out, Path(xdf) if xdf is not None else None) if p is not None and p.exists()]
+    for p in existing:
+        if p.is_dir():
+            raise IsADirectoryError(f"{p}: is a directory; give the recording's file name")
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]}: exists; the recorder does not overwrite a recording "
+                              "(--overwrite replaces it)")
     stop = stop or threading.Event()
-    sources = [(resolve_or_raise(name, stream_type, resolve_timeout), "emg"), *_companions(name, companion_timeout)]
-    inlets, specs = [], []
+    sources = [(resolve_or_raise(name, stream_type, resolve_timeout), "emg"),
+               *_companions(name, companion_timeout, targets)]
+    for p in existing:
+        p.unlink()
+    inlets, specs, headers = [], [], []
     for info, role in sources:
         inlet = pylsl.StreamInlet(info, recover=True, processing_flags=pylsl.proc_clocksync)
-        specs.append(spec_of(inlet.info(timeout=resolve_timeout), role))
+        full = inlet.info(timeout=resolve_timeout)
+        specs.append(spec_of(full, role))
+        headers.append(full.as_xml())
         inlets.append(inlet)
     offsets = [inlet.time_correction(timeout=resolve_timeout) for inlet in inlets]
     for inlet in inlets:
         inlet.open_stream(timeout=resolve_timeout)
     writer = NativeWriter(out, specs, fsync_interval=fsync_interval)
-    xw = XdfWriter(xdf, specs) if xdf is not None else None
+    xw = XdfWriter(xdf, specs, headers) if xdf is not None else None
     stats = RecorderStats(path=out, xdf=Path(xdf) if xdf else None, samples={s.name: 0 for s in specs})
     t_start = time.monotonic()
     t_offset = -OFFSET_INTERVAL_S

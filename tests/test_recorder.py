@@ -110,6 +110,10 @@ def test_clean_stop_writes_native_and_xdf(tmp_path, uci_files, uci_config):
     streams, _ = pyxdf.load_xdf(str(xdf), synchronize_clocks=True, dejitter_timestamps=False)
     by_name = {s["info"]["name"][0]: s for s in streams}
     assert set(by_name) == {name, name + "-targets", name + "-markers"}
+    info = by_name[name]["info"]  # the sender's full LSL header, as LabRecorder keeps it
+    assert info["source_id"] == [f"exoloop:{name}"] and info["uid"][0] and info["hostname"][0]
+    assert [c["label"][0] for c in info["desc"][0]["channels"][0]["channel"]] == rec.channel_names
+    assert by_name[name]["footer"]["info"]["sample_count"] == [str(native.n_samples)]
     np.testing.assert_array_equal(by_name[name]["time_series"], native.samples)
     np.testing.assert_allclose(by_name[name]["time_stamps"], native.timestamps, atol=1e-6)
     from_xdf = load_recording(xdf, config=uci_config)

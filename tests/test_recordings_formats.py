@@ -196,3 +196,97 @@ def test_align_series_against_plain_reference():
         else:
             ref = [np.interp(t, t_src, v[:, k]) for k in range(2)]
             np.testing.assert_allclose(got[i], ref, rtol=1e-5, atol=1e-6)
+
+
+def _xdf_15s(path, boundary_interval=10.0, chunk=20):
+    """15 s at 1000 Hz of sEMG + targets (+ 2 markers) written in ``chunk``-sample Samples chunks,
+    each stream's header from a real pylsl StreamInfo; returns (t, x, y, file offset of each chunk)."""
+    from rt.lsl_streams import stream_info
+
+    rng = np.random.default_rng(4)
+    n = 15000
+    t = 100.0 + np.arange(n) / 1000.0
+    x = rng.normal(0, 1, (n, 4)).astype(np.float32)
+    y = rng.normal(30, 10, (n, 1)).astype(np.float32)
+    w = XdfWriter(path, SPECS, [stream_info(s).as_xml() for s in SPECS], boundary_interval=boundary_interval)
+    for sid in range(3):
+        w.clock_offset(sid, t[0], 0.0)
+    starts = []
+    for i in range(0, n, chunk):
+        starts.append(path.stat().st_size)
+        w.append(0, t[i:i + chunk], x[i:i + chunk])
+        w.append(1, t[i:i + chunk], y[i:i + chunk])
+        if i in (0, n - chunk):
+            w.append(2, t[i + 10:i + 11], ["go" if i == 0 else "stop"])
+    for sid in range(3):
+        w.clock_offset(sid, t[-1], 0.0)
+    w.close()
+    return t, x, y, np.array(starts)
+
+
+def test_xdf_header_is_the_senders_full_lsl_header_and_footer_as_specified(tmp_path):
+    from rt.recordings.xdf import BOUNDARY_UUID
+
+    path = tmp_path / "h.xdf"
+    t, x, _, _ = _xdf_15s(path)
+    assert path.read_bytes().count(BOUNDARY_UUID) == 1  # 15 s of data: one boundary, after 10 s
+    streams, _ = pyxdf.load_xdf(str(path), synchronize_clocks=True, dejitter_timestamps=False)
+    s = {st["info"]["name"][0]: st for st in streams}["s"]
+    info = s["info"]
+    assert info["source_id"] == ["exoloop:s"] and info["channel_format"] == ["float32"]
+    assert "uid" in info and "created_at" in info and "version" in info
+    chans = info["desc"][0]["channels"][0]["channel"]
+    assert [c["label"][0] for c in chans] == ["RF", "BF", "VM", "ST"] and chans[0]["unit"] == ["mV"]
+    assert info["desc"][0]["acquisition"][0]["software"] == ["exoloop"]
+    footer = s["footer"]["info"]
+    assert footer["sample_count"] == [str(len(t))]
+    assert float(footer["first_timestamp"][0]) == t[0] and float(footer["last_timestamp"][0]) == t[-1]
+    assert len(footer["clock_offsets"][0]["offset"]) == 2
+    np.testing.assert_array_equal(s["time_series"], x)
+
+
+@pytest.mark.parametrize("fill", [0x00, 0xFF])
+def test_xdf_damage_costs_at_most_the_data_up_to_the_next_boundary(tmp_path, fill):
+    """20 damaged bytes over a chunk's length in the middle of a 15 s file: pyxdf resyncs at the
+    Boundary chunk (10 s) and every sample after it is read back exactly; without boundaries the
+    rest is lost. (Damage inside sample bytes goes unnoticed by any XDF reader: no checksums.)"""
+    from rt.recordings.xdf import BOUNDARY_UUID
+
+    clean = tmp_path / "c.xdf"
+    t, x, _, starts = _xdf_15s(clean)
+    data = clean.read_bytes()
+    boundary = data.index(BOUNDARY_UUID)
+    t_boundary = t[np.searchsorted(starts, boundary) * 20 - 1]
+    assert 10.0 <= t_boundary - t[0] < 10.1
+    resynced = 0
+    for k in range(12):
+        where = int(starts[len(starts) // 2 + 3 * k]) - (5 * k) % 20  # over a chunk's length byte, ~7.5 s
+        bad = bytearray(data)
+        bad[where:where + 20] = bytes([fill]) * 20
+        damaged = tmp_path / "d.xdf"
+        damaged.write_bytes(bytes(bad))
+        streams, _ = pyxdf.load_xdf(str(damaged), synchronize_clocks=True, dejitter_timestamps=False)
+        s = {st["info"]["name"][0]: st for st in streams}["s"]
+        got_t, got_x = np.asarray(s["time_stamps"]), np.asarray(s["time_series"])
+        after = t > t_boundary
+        tail = np.isin(got_t, t[after])
+        np.testing.assert_array_equal(got_t[tail], t[after])
+        np.testing.assert_array_equal(got_x[tail], x[after])
+        before = np.searchsorted(starts, where, side="right") - 1  # the chunk the damage starts in
+        head = np.isin(t[:before * 20], got_t)
+        assert head.all(), f"damage at byte {where} lost data before it"
+        assert len(t) - len(got_t) <= 10_100
+        resynced += len(got_t) < len(t)
+        rec = load_recording(damaged)
+        assert rec.n_samples == len(got_t) and any("d.xdf: pyxdf: " in line for line in rec.skipped)
+    assert resynced == 12, "a damaged chunk length makes pyxdf resync"
+    # without Boundary chunks, pyxdf has nowhere to resume: everything after the damage is gone
+    plain = tmp_path / "p.xdf"
+    _, _, _, starts = _xdf_15s(plain, boundary_interval=np.inf)
+    bad = bytearray(plain.read_bytes())
+    where = starts[len(starts) // 2]  # the length of the Samples chunk at 7.5 s
+    bad[where:where + 20] = bytes([fill]) * 20
+    plain.write_bytes(bytes(bad))
+    streams, _ = pyxdf.load_xdf(str(plain), synchronize_clocks=True, dejitter_timestamps=False)
+    s = {st["info"]["name"][0]: st for st in streams}["s"]
+    assert np.asarray(s["time_stamps"]).max() < t[0] + 8.0

@@ -7,27 +7,9 @@ import pytest
 
 from rt.recordings import RecordingError, load_recording
 from rt.recordings.uci import orient_flexion_positive
+from tests.recording_helpers import EN, uci_map_rows, uci_rows, uci_text
 
-EN = ["RF", "BF", "VM", "ST", "FX"]
 ES = ["Recto Femoral", "Biceps Femoral", "Vasto Medial", "EMG Semitendinoso", "Flexo-Extension"]
-
-
-def uci_text(rows: np.ndarray, labels=EN, declared: int | None = None, trailer: str = "\t\t\t\t\n") -> str:
-    """A file in the UCI layout: header, blank line, tab-separated rows (4 sEMG in mV + angle in deg)."""
-    n = rows.shape[0] if declared is None else declared
-    head = ["File Name: test.log"]
-    for k, lab in enumerate(labels):
-        unit = "deg" if k == len(labels) - 1 else "mV"
-        head.append(f"Channel {k + 1}: '{lab}', {n} values, engineering units: {unit}, no filters.")
-    body = ["\t".join(f"{v:g}" for v in r) for r in rows]
-    return "\n".join(head) + "\n\n" + "\n".join(body) + "\n" + trailer
-
-
-def _rows(n=40, sign=1.0, seed=0):
-    rng = np.random.default_rng(seed)
-    emg = np.round(rng.normal(0, 0.05, (n, 4)), 4)
-    angle = sign * np.round(30 + 25 * np.sin(np.linspace(0, 6, n)), 1)
-    return np.column_stack([emg, angle])
 
 
 def test_every_bundled_file_loads_in_config_order(uci_files, uci_config):
@@ -55,7 +37,7 @@ def test_bundled_quirks_are_reported(uci_files):
 
 @pytest.mark.parametrize("labels", [EN, ES])
 def test_header_languages_and_order_map_by_name(tmp_path, uci_config, labels):
-    rows = _rows()
+    rows = uci_rows()
     perm = [3, 0, 2, 1, 4]  # columns shuffled: ST, RF, VM, BF, angle
     p = tmp_path / "x.txt"
     p.write_text(uci_text(rows[:, perm], [labels[i] for i in perm]))
@@ -67,7 +49,7 @@ def test_header_languages_and_order_map_by_name(tmp_path, uci_config, labels):
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_knee_orientation_flexion_positive(tmp_path, sign):
-    rows = _rows(sign=sign)
+    rows = uci_rows(sign=sign)
     p = tmp_path / "x.txt"
     p.write_text(uci_text(rows))
     rec = load_recording(p)
@@ -77,7 +59,7 @@ def test_knee_orientation_flexion_positive(tmp_path, sign):
 
 
 def test_cut_mid_line_loads_what_is_sound(tmp_path):
-    rows = _rows()
+    rows = uci_rows()
     text = uci_text(rows, trailer="")
     p = tmp_path / "cut.txt"
     p.write_text(text + "0.01\t0.0")
@@ -87,7 +69,7 @@ def test_cut_mid_line_loads_what_is_sound(tmp_path):
 
 
 def test_wrong_column_count_names_file_and_line(tmp_path):
-    lines = uci_text(_rows()).split("\n")
+    lines = uci_text(uci_rows()).split("\n")
     lines[12] += "\t0.5"
     p = tmp_path / "wide.txt"
     p.write_text("\n".join(lines))
@@ -96,7 +78,7 @@ def test_wrong_column_count_names_file_and_line(tmp_path):
 
 
 def test_non_numeric_cell_names_line_and_column(tmp_path):
-    lines = uci_text(_rows()).split("\n")
+    lines = uci_text(uci_rows()).split("\n")
     cells = lines[20].split("\t")
     cells[2] = "0.0x3"
     lines[20] = "\t".join(cells)
@@ -108,7 +90,7 @@ def test_non_numeric_cell_names_line_and_column(tmp_path):
 
 def test_header_lying_about_counts_is_reported(tmp_path):
     p = tmp_path / "lies.txt"
-    p.write_text(uci_text(_rows(), declared=100))
+    p.write_text(uci_text(uci_rows(), declared=100))
     rec = load_recording(p)
     assert rec.n_samples == 40
     assert any("header declares 100 values" in s and "40 rows" in s for s in rec.skipped)
@@ -116,7 +98,7 @@ def test_header_lying_about_counts_is_reported(tmp_path):
 
 def test_header_declaring_fewer_channels_than_the_rows_hold(tmp_path):
     p = tmp_path / "short_header.txt"
-    p.write_text(uci_text(_rows(), labels=["RF", "BF", "VM", "FX"]))
+    p.write_text(uci_text(uci_rows(), labels=["RF", "BF", "VM", "FX"]))
     with pytest.raises(RecordingError, match=r"short_header\.txt:7: 5 tab-separated columns, the header declares 4"):
         load_recording(p)
 
@@ -137,3 +119,56 @@ def test_empty_and_unknown_files(tmp_path):
 def test_config_mismatch_is_a_clear_error(uci_files, siat_config):
     with pytest.raises(RecordingError, match=r"4 sEMG channels .* expects 9"):
         load_recording(uci_files[0], config=siat_config)
+
+
+DIGITAL = "Digitals combined (event=16, d=8, c=4, b=2, a=1): {n} values"
+
+
+def _variant(src, dst, *, digital_first=False, angle_label="Flexo", trailing=("\t\t\t\t7.5\t0", "\t\t\t\t7.5")):
+    """A bundled file rewritten as the set's other variant: a sixth, digital column declared and
+    filled (16 for rows 100-199, else 0), the angle relabelled, angle-only rows at the end. With
+    ``digital_first`` the digital column is declared (and stored) first."""
+    lines = src.read_text().split("\n")
+    first = next(i for i, ln in enumerate(lines) if ln and ln.split("\t")[0].lstrip("-").replace(".", "", 1).isdigit())
+    head, body = lines[:first], [ln for ln in lines[first:] if ln.strip("\t ")]
+    n = int(head[1].split(",")[1].split()[0])
+    head = [h.replace("'FX'", f"'{angle_label}'").replace("'Flexo-Extension'", f"'{angle_label}'") for h in head]
+    decl = DIGITAL.format(n=n)
+    channels = [i for i, h in enumerate(head) if h.startswith("Channel")]
+    head.insert(channels[0] if digital_first else channels[-1] + 1, decl)
+    rows = []
+    for k, ln in enumerate(body):
+        cells = ln.split("\t")
+        has_emg = any(c.strip() for c in cells[:4])
+        d = ("16" if 100 <= k < 200 else "0") if has_emg else "0"
+        rows.append("\t".join([d, *cells] if digital_first else [*cells, d]))
+    if not digital_first:
+        rows += list(trailing)
+    dst.write_text("\n".join(head) + "\n" + "\n".join(rows) + "\n")
+    return dst
+
+
+@pytest.mark.parametrize("name", ["1Amar.txt", "1Nmar.txt"])
+@pytest.mark.parametrize("digital_first", [False, True])
+def test_variant_with_digital_column_and_flexo_label(tmp_path, uci_files, uci_config, name, digital_first):
+    src = next(f for f in uci_files if f.name == name)
+    ref = load_recording(src, config=uci_config)
+    rec = load_recording(_variant(src, tmp_path / name, digital_first=digital_first), config=uci_config)
+    np.testing.assert_array_equal(rec.samples, ref.samples)
+    np.testing.assert_array_equal(rec.targets, ref.targets)
+    assert np.isfinite(rec.targets).all() and rec.target_names == ["knee_flexion"]
+    assert [m[1] for m in rec.markers] == ["digital=0", "digital=16", "digital=0"]
+    np.testing.assert_allclose([m[0] for m in rec.markers], ref.timestamps[[0, 100, 200]])
+    assert any("'Digitals combined" in s and "not as sEMG" in s for s in rec.notes)
+    if not digital_first:
+        assert any("trailing rows without sEMG, dropped" in s for s in rec.skipped)
+
+
+def test_a_channel_in_an_unknown_unit_is_not_semg(tmp_path):
+    text = uci_text(uci_rows()).replace("Channel 5: 'FX'", "Channel 6: 'Battery', 40 values, engineering units: %, "
+                                     "no filters.\nChannel 5: 'FX'")
+    p = tmp_path / "battery.txt"
+    p.write_text(uci_map_rows(text, lambda cells: cells[:4] + ["88", cells[4]]))
+    rec = load_recording(p)
+    assert rec.channel_names == ["RF", "BF", "VM", "ST"] and rec.target_names == ["knee_flexion"]
+    assert any("battery.txt:6: column 'Battery' in '%'" in s and "not used" in s for s in rec.skipped)

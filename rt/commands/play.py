@@ -9,6 +9,8 @@ import time
 
 from tqdm import tqdm
 
+from rt.commands import positive_float, positive_int
+
 
 def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=(
@@ -17,15 +19,15 @@ def register(sub, name: str, help_text: str) -> None:
         "pushed when due on the LSL clock, with their recording spacing as timestamps."))
     p.add_argument("recording", metavar="REC", help="recording file")
     p.add_argument("--name", required=True, help="LSL stream name of the sEMG stream")
-    p.add_argument("--chunk", type=int, default=10, help="samples per pushed chunk (default 10)")
-    p.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1.0 = real time)")
+    p.add_argument("--chunk", type=positive_int, default=10, help="samples per pushed chunk (default 10)")
+    p.add_argument("--speed", type=positive_float, default=1.0, help="playback speed factor (default 1.0 = real time)")
     p.add_argument("--loop", action="store_true", help="restart at the end, forever (or for --duration)")
     p.add_argument("--markers", action="store_true", help="also offer the recording's markers as NAME-markers")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds of stream time")
+    p.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds of stream time")
     p.add_argument("--config", default=None,
                    help="profile name or TOML: map and check channels/targets against it before playing")
     p.add_argument("--type", dest="stream_type", default="EMG", help="LSL type of the sEMG stream (default EMG)")
-    p.add_argument("--wait-consumers", type=float, default=None, metavar="S",
+    p.add_argument("--wait-consumers", type=positive_float, default=None, metavar="S",
                    help="before playing, wait up to S s for a consumer (an inlet) on the sEMG stream; "
                         "exit status 3 if none comes (default: play at once)")
     p.add_argument("--hold", type=float, default=0.0, metavar="S",

@@ -7,6 +7,8 @@ import threading
 
 from tqdm import tqdm
 
+from rt.commands import positive_float
+
 
 def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=(
@@ -14,12 +16,14 @@ def register(sub, name: str, help_text: str) -> None:
         "append-only .exorec format: a kill -9 loses at most the last fraction of a second. "
         "Stops on SIGINT/SIGTERM or after --duration, closing the files cleanly."))
     p.add_argument("--name", required=True, help="LSL stream name to record")
-    p.add_argument("--out", required=True, help="output .exorec file (must not exist)")
+    p.add_argument("--out", required=True, help="output .exorec file (must not exist, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out / --xdf file (removed only once the stream is found)")
     p.add_argument("--xdf", default=None, metavar="PATH", help="also write an XDF file (readable by pyxdf)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     p.add_argument("--type", dest="stream_type", default=None, help="also require this LSL stream type")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the stream (default 5)")
-    p.add_argument("--fsync-interval", type=float, default=0.25,
+    p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds to wait for the stream (default 5)")
+    p.add_argument("--fsync-interval", type=positive_float, default=0.25,
                    help="seconds between fsyncs of the recording (default 0.25; at most 0.5 keeps the 1 s bound)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(unit="sa", disable=args.quiet, desc=f"record {args.name}") as bar:
         stats = record(args.name, args.out, xdf=args.xdf, duration=args.duration, stop=stop,
                        stream_type=args.stream_type, resolve_timeout=args.timeout,
-                       fsync_interval=args.fsync_interval, progress=bar)
+                       fsync_interval=args.fsync_interval, overwrite=args.overwrite, progress=bar)
     print(f"recorded {stats.samples} samples in {stats.blocks} blocks to {stats.path}"
           + (f" and {stats.xdf}" if stats.xdf else ""))
     return 0

@@ -70,7 +70,8 @@ def label_key(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
-def _volt_scale(unit: str) -> float | None:
+def volt_scale(unit: str) -> float | None:
+    """Volts per ``unit`` for an sEMG unit (V, mV, µV/uV; any case), None for anything else."""
     return _VOLT_SCALE.get(unit.strip().lower())
 
 
@@ -104,7 +105,7 @@ def conform(rec: Recording, config: Config) -> Recording:
     for j, u in enumerate(units):
         if u.strip().lower() == s.units.strip().lower():
             continue
-        src, dst = _volt_scale(u), _volt_scale(s.units)
+        src, dst = volt_scale(u), volt_scale(s.units)
         if src is None or dst is None:
             raise RecordingError(
                 f"{where}: channel {s.channels[j]!r} in {u!r}, config expects {s.units!r} (no known conversion)")
