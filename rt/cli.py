@@ -16,7 +16,7 @@ from pathlib import Path
 # once, when pylsl is first imported, so it is set before any command module is imported.
 os.environ.setdefault("LSLAPICFG", str(Path(__file__).resolve().parent.parent / "configs" / "lsl_api.cfg"))
 
-#: packages whose ValueError subclasses are input errors reported without a traceback
+#: packages whose ValueError / LookupError subclasses are input errors reported without a traceback
 OWN_PACKAGES = ("kernels", "models", "rt", "bench")
 
 #: sub-command -> (module under rt.commands, one-line help)
@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        # Our own input errors (ConfigError, RecordingError, BundleError, CheckpointError, ...)
-        # and unreadable paths name what was wrong: one line, not a traceback.
+    except (ValueError, LookupError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as exc:
+        # Our own input errors (ConfigError, RecordingError, BundleError, CheckpointError,
+        # StreamNotFound, ...) and unusable paths name what was wrong: one line, not a traceback.
         if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] not in OWN_PACKAGES:
             raise
         print(f"exoloop {args.command}: error: {exc}", file=sys.stderr)
