@@ -133,6 +133,7 @@ def test_plain_bad_input_to_every_recording_command(tmp_path, uci_files, bundle)
         (["train", str(junk), "--config", "uci_lower_limb", "--out", str(tmp_path / "m.exo")], "train",
          "unknown recording format"),
         (["run", "--name", "x", "--model", str(missing), "--no-forecaster"], "run", "not found"),
+        (["run", "--name", "x", "--model", str(bundle), "--resolve-timeout", "-1"], "run", "--resolve-timeout"),
     ]:
         _one_error(*_cli(*args), command, needle)
 

@@ -8,6 +8,8 @@ import sys
 import threading
 from typing import Any
 
+from rt.commands import positive_float
+
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=(
@@ -25,8 +27,8 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p.add_argument("--forecast-publish", default="tcp://127.0.0.1:*", metavar="EP2",
                    help="endpoint the forecaster publishes horizons on (default: a free local port, shown in status)")
     p.add_argument("--checkpoint", metavar="P", help="Lag-Llama checkpoint for the forecaster (default: its own)")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
-    p.add_argument("--resolve-timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the stream (default 5)")
+    p.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--resolve-timeout", type=positive_float, default=5.0, metavar="S", help="seconds to wait for the stream (default 5)")
     p.add_argument("--spin-us", type=float, default=300.0, metavar="US",
                    help="spin-then-block inlet wait window in µs (default 300; 0: always block)")
     p.add_argument("--cpus", default="", metavar="N,..", help="pin the hot path to these CPUs (an attempt; reported)")
