@@ -104,6 +104,14 @@ def test_recording_without_any_target_value_is_an_error_naming_it(tmp_path, bund
                "train", f"{p}: no target value in any sample")
 
 
+def test_evaluate_with_no_frame_to_score_is_an_error(tmp_path, bundle):
+    """Targets present, but the recording (0.3 s) ends before the front end's warm-up: no frame
+    can be scored, so no metric (it would be NaN)."""
+    p = tmp_path / "short.txt"
+    p.write_text(uci_text(uci_rows(300)))
+    _one_error(*_cli("evaluate", str(bundle), str(p)), "evaluate", "no frame to score target(s) knee_flexion in short")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--chunk", "0"], "argument --chunk"),
     (["--speed", "nan"], "argument --speed"),
