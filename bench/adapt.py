@@ -8,8 +8,8 @@ then the session is replayed through the loop (``rt.runner.replay``) without and
 ``t >= (t_first + t_last) / 2``, finite target, no WARMUP/INVALID flag), knee angle, deg;
 beside them the training-mean predictor (the model's own target mean).
 
-Settings (``lam``, ``delta``, ``max_step``, ``window``; the other ``AdaptSettings`` fields at
-their defaults) are chosen per test subject ``s`` by an inner LOSO that never sees ``s``: for
+Settings (``lam``, ``delta``, ``max_step``, ``window``, ``reset_on_fallback``; the other
+``AdaptSettings`` fields at their defaults) are chosen per test subject ``s`` by an inner LOSO that never sees ``s``: for
 every other subject ``j`` an inner model trained without ``s`` and ``j`` (architecture
 ``--inner-arch``) is stepped over ``j``'s session once; every grid point adapts on it
 (:class:`models.adapt.ReadoutAdapter` fed the recorded features and targets, which equals the
@@ -18,7 +18,9 @@ the lowest mean over ``j`` of ``rmse_adapted + 2 * max(0, rmse_adapted - rmse_st
 (worsening a session counts three times). The replays of the outer sessions are checked
 against the same simulation (``max_diff_vs_simulation``).
 
-Also the per-hop cost of the adapter (RLS step; ``observe`` with an update) in microseconds.
+The shipped defaults (``AdaptSettings``) come from the same rule over every subject (each
+session on an inner-architecture model trained without its subject). Also the per-hop cost of
+the adapter (RLS step; ``observe`` with an update) in microseconds.
 
 ``exoloop bench adapt [--archs slstm,lstm,gpr] [--epochs 10] [--inner-arch lstm] [--quick]``
 writes ``bench/out/adapt/adapt.{json,md}``; models are cached in ``--cache``.
@@ -48,8 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "adapt"
 CACHE = Path.home() / ".cache" / "exoloop" / "bench-adapt"
 RECORDINGS = sorted((ROOT / "data" / "recordings" / "uci-lower-limb").glob("*mar.txt"))
-GRID = {"lam": (0.95, 0.98, 0.99, 0.995, 1.0), "delta": (1.0, 10.0, 100.0, 1000.0),
-        "max_step": (0.05, 0.2, 1.0), "window": (10, 20, 40)}
+GRID = {"lam": (0.98, 0.99, 0.995, 1.0), "delta": (0.1, 1.0, 10.0, 100.0), "max_step": (0.2, 1.0, 5.0),
+        "window": (20, 40, 80), "reset_on_fallback": (True, False)}
 WORSE_WEIGHT = 2.0
 
 
@@ -225,6 +227,13 @@ def run(archs: tuple[str, ...], epochs: int, inner_arch: str, cache: Path, quick
             rows.append(row)
             print(f"[adapt]   {arch}: mean {row['rmse_mean']:.2f}  static {row['rmse_static']:.2f}  "
                   f"adapted {row['rmse_adapted']:.2f}", flush=True)
+    # the shipped default (AdaptSettings): the same rule over every subject, each session on an
+    # inner-arch model trained without its subject (a new patient is none of them)
+    every = []
+    for j in groups:
+        b = load_bundle(train(config, recs, inner_arch, epochs, [j], j, cache))
+        every.append((trace(b, by_group[j][0]), b.engine().readout(), bundle_lead_s(b)))
+    deployment, deployment_info = choose(every, grid)
     summary = {}
     for arch in archs:
         rs = [r for r in rows if r["arch"] == arch]
@@ -240,6 +249,7 @@ def run(archs: tuple[str, ...], epochs: int, inner_arch: str, cache: Path, quick
                          "sessions": len(rs)}
     return {"machine": machine_info(), "epochs": epochs, "inner_arch": inner_arch, "grid": GRID,
             "worse_weight": WORSE_WEIGHT, "defaults": dataclasses.asdict(AdaptSettings()), "folds": folds,
+            "deployment": {"settings": dataclasses.asdict(deployment), **deployment_info},
             "rows": rows, "summary": summary, "timing": timing(), "seconds": time.perf_counter() - t0}
 
 
@@ -260,11 +270,17 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {r['arch']} | {r['subject']} | {r['scored_frames']} | {r['rmse_mean']:.2f} | "
                      f"{r['rmse_static']:.2f} | {r['rmse_adapted']:.2f} | {r['engaged']} | {r['fallbacks']} |")
     lines += ["", "Settings chosen per test subject (inner LOSO):", "",
-              "| test | lam | delta | max_step | window | inner objective | inner static |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| test | lam | delta | max_step | window | reset on fallback | inner objective | inner static |",
+              "|---|---:|---:|---:|---:|---|---:|---:|"]
     for f in res["folds"]:
         s = f["settings"]
         lines.append(f"| {f['test']} | {s['lam']} | {s['delta']:g} | {s['max_step']} | {s['window']} | "
-                     f"{f['objective']:.2f} | {f['inner_static_mean']:.2f} |")
+                     f"{'yes' if s['reset_on_fallback'] else 'no'} | {f['objective']:.2f} | {f['inner_static_mean']:.2f} |")
+    d = res["deployment"]["settings"]
+    lines += ["", f"Chosen by the same rule over all {len(res['folds'])} subjects (the shipped `AdaptSettings` "
+              f"defaults): lam {d['lam']}, delta {d['delta']:g}, max_step {d['max_step']}, window {d['window']}, "
+              f"reset on fallback {'yes' if d['reset_on_fallback'] else 'no'}; `AdaptSettings()` at this run: "
+              + ", ".join(f"{k} {res['defaults'][k]}" for k in GRID) + "."]
     lines += ["", "Per-hop cost (µs, this machine):", "", "| what | state | targets | p50 | p99 |", "|---|---:|---:|---:|---:|"]
     for t in res["timing"]:
         lines.append(f"| {t['what']} | {t['state']} | {t['targets']} | {t['p50_us']:.2f} | {t['p99_us']:.2f} |")

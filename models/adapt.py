@@ -29,9 +29,9 @@ prediction made *when the frame was published* enter a window of ``window`` upda
 adapter starts in shadow mode (it adapts, the static prediction is published); once the
 window is full and the adapted RMSE x (1 + ``margin``) is below the static RMSE, the adapted
 prediction is published; when the adapted RMSE exceeds the static RMSE x (1 + ``margin``)
-over the window, it falls back: the static prediction is published again, ``theta`` and
-``P`` are reset to ``theta0`` and ``P0``, the window is cleared, and it adapts in shadow
-until it wins again. Errors are compared in standardised units summed over targets.
+over the window, it falls back: the static prediction is published again, the window is
+cleared, ``theta`` and ``P`` are reset to ``theta0`` and ``P0`` (``reset_on_fallback``; else
+they are kept), and it adapts in shadow until it wins again. Errors are compared in standardised units summed over targets.
 
 All per-hop work is Numba (``observe``: apply due updates, predict, enqueue); no allocation
 per hop, no torch.
@@ -55,24 +55,27 @@ UNUSABLE = fl.WARMUP | fl.INVALID
 # ctr slots
 _HEAD, _COUNT, _NTGT, _WHEAD, _WCOUNT, _MODE, _UPDATES, _DROPPED, _FALLBACKS, _ENGAGED = range(10)
 # par slots
-_LAM, _PCAP, _INNOV, _STEP, _LEAD, _DELAY, _AGE, _MARGIN2, _GAP, _P0 = range(10)
+_LAM, _PCAP, _INNOV, _STEP, _LEAD, _DELAY, _AGE, _MARGIN2, _GAP, _P0, _RESET = range(11)
 
 
 @dataclass(frozen=True)
 class AdaptSettings:
-    """RLS and guard settings (chosen by leave-one-subject-out, ``bench/adapt.py``).
+    """RLS and guard settings; the defaults of ``lam``, ``delta``, ``max_step``, ``window`` and
+    ``reset_on_fallback`` are the leave-one-subject-out choice over all bundled gait subjects
+    (``exoloop bench adapt``, ``bench/out/adapt/adapt.md``).
 
     ``lam``: forgetting factor (memory ~ 1 / (1 - lam) updates); ``delta``: ``P0 = I / delta``
     (large: trust the static readout); ``max_innov``: innovation clip (standardised units);
     ``max_step``: max Frobenius norm of a weight change per update; ``trace_cap``: bound on
     ``trace(P) / trace(P0)``; ``window``: guard window (updates); ``margin``: the guard's
     relative RMSE margin; ``delay_s``, ``max_age_s``, ``max_gap_s``: alignment (module doc);
-    ``ring``: pending frames kept."""
+    ``ring``: pending frames kept; ``reset_on_fallback``: a fallback resets ``theta`` and ``P``
+    (else it only stops publishing the adapted readout, which keeps learning in shadow)."""
 
-    lam: float = 0.995
-    delta: float = 10.0
+    lam: float = 0.98
+    delta: float = 1.0
     max_innov: float = 3.0
-    max_step: float = 0.2
+    max_step: float = 1.0
     trace_cap: float = 10.0
     window: int = 40
     margin: float = 0.05
@@ -80,6 +83,7 @@ class AdaptSettings:
     max_age_s: float = 1.0
     max_gap_s: float = 0.1
     ring: int = 64
+    reset_on_fallback: bool = False
 
     def __post_init__(self) -> None:
         checks = {"lam in (0, 1]": 0 < self.lam <= 1, "delta > 0": self.delta > 0,
@@ -218,11 +222,12 @@ def _use(slot, theta, theta0, P, ring_phi, ring_z, win, tot, ctr, par, zt, pphi,
             ctr[_FALLBACKS] += 1
             ctr[_WCOUNT] = 0
             ctr[_WHEAD] = 0
-            theta[:, :] = theta0
-            P[:, :] = 0.0
-            for i in range(P.shape[0]):
-                P[i, i] = par[_P0]
-            ring_z[:, 1, :] = ring_z[:, 0, :]  # pending predictions of the discarded readout
+            if par[_RESET] > 0:
+                theta[:, :] = theta0
+                P[:, :] = 0.0
+                for i in range(P.shape[0]):
+                    P[i, i] = par[_P0]
+                ring_z[:, 1, :] = ring_z[:, 0, :]  # pending predictions of the discarded readout
     rls_update(theta, P, ring_phi[slot], zt, par[_LAM], par[_PCAP], par[_INNOV], par[_STEP], pphi, e)
     ctr[_UPDATES] += 1
 
@@ -318,7 +323,8 @@ class ReadoutAdapter:
         s = settings
         self._P = np.eye(D) / s.delta
         self._par = np.array([s.lam, s.trace_cap * D / s.delta, s.max_innov, s.max_step, self.lead_s, s.delay_s,
-                              s.max_age_s, (1 + s.margin) ** 2, s.max_gap_s, 1 / s.delta])
+                              s.max_age_s, (1 + s.margin) ** 2, s.max_gap_s, 1 / s.delta,
+                              float(s.reset_on_fallback)])
         self._mean, self._std = mean.copy(), np.where(std > 0, std, 1.0)
         self._ring_t = np.zeros(s.ring)
         self._ring_phi = np.zeros((s.ring + 1, D))  # + a scratch row for frames not kept

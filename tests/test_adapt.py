@@ -238,7 +238,7 @@ def _guard_run(phase2, seed=0, settings=None):
     z[half:] = phase2(phi[half:] @ static.T)
     mean, std = np.zeros(T), np.ones(T)
     feat = np.zeros(h.shape[1])
-    s = settings or AdaptSettings(lam=0.995, delta=1.0, window=40, margin=0.05)
+    s = settings or AdaptSettings(lam=0.995, delta=1.0, max_step=0.2, window=40, margin=0.05)
     ad = _adapter(static, mean, std, s, feat)
     fallback_at = None
     out = np.zeros((n, T), np.float32)
@@ -246,9 +246,14 @@ def _guard_run(phase2, seed=0, settings=None):
     ad.add_targets(t, z)
     for k in range(n):
         feat[:] = h[k]
+        before, n_before = np.hstack([ad.weights()[0], ad.weights()[1][:, None]]), ad.updates
         out[k] = ad.observe(t[k], 0, stat[k])
         if fallback_at is None and ad.status()["fallbacks"]:
             fallback_at = k
+            after = np.hstack([ad.weights()[0], ad.weights()[1][:, None]])
+            reach = s.max_step * (ad.updates - n_before) * (1 + 1e-9)  # each update moves <= max_step
+            start = static if s.reset_on_fallback else before  # reset to the static readout, or kept
+            assert np.linalg.norm(after - start) <= reach < np.linalg.norm(before - static)
     return ad, out, stat, half, fallback_at, z
 
 
@@ -256,9 +261,11 @@ def _rmse(a, b):
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def test_guard_falls_back_on_a_noise_target():
+@pytest.mark.parametrize("reset", [True, False])
+def test_guard_falls_back_on_a_noise_target(reset):
     rng = np.random.default_rng(7)
-    ad, out, stat, half, fb, z = _guard_run(lambda zs: zs + rng.standard_normal(zs.shape))
+    s = AdaptSettings(lam=0.995, delta=1.0, max_step=0.2, window=40, margin=0.05, reset_on_fallback=reset)
+    ad, out, stat, half, fb, z = _guard_run(lambda zs: zs + rng.standard_normal(zs.shape), settings=s)
     assert ad.status()["engaged"] >= 1  # it was adapting in phase 1
     assert fb is not None and half < fb < half + 2 * 40 + 10
     window_after = slice(fb + 1, fb + 1 + 40)  # re-engaging takes at least one full window

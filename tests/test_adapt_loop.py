@@ -4,11 +4,15 @@ process -> ZeroMQ) on the same recording run the same adapter code.
 
 Tolerances:
 - replay vs the adapter fed the recorded frames directly: bit for bit (same updates, same order);
-- live vs the same adapter fed the live run's own frame times and flags: 0.05 deg — the live
-  target stream's timestamps go through LSL's clock correction separately from the sEMG
-  stream's, so a frame's target is interpolated microseconds apart (the knee moves < 1 deg/ms);
+- live vs the same adapter fed the live run's own frame times and flags: <= 0.01 deg (observed
+  1.5e-4) — the live target stream's timestamps go through LSL's clock correction separately
+  from the sEMG stream's (observed offset spread 7 µs), so a frame's target is interpolated
+  microseconds apart (the knee moves < 1 deg/ms);
 - live vs replay: the same except where their flags differ (live frames carry RATE until the
-  inlet's rate is verified, ~1-2 s, and are then not used): <= 1 deg RMS after the first half.
+  inlet's rate is verified, ~1-2 s, and are then not used; on a loaded machine more may be):
+  at most 2 s of frames flagged differently, and <= 2 deg RMS over the second half (observed
+  4e-5 deg with slow-learning settings, 0.57 deg with the shipped ones, which learn more from
+  the first frames).
 """
 
 from __future__ import annotations
@@ -180,9 +184,12 @@ def test_live_run_adapts_like_the_replay(model, replayed, tmp_path):
     tr = trace(b, _recording_arrays(b, float(np.median(offset))))
     tr = dataclasses.replace(tr, t=t_live, flags=flags & ~np.uint32(fl.STALE))
     sim, _ = simulate(tr, b.engine().readout(), SETTINGS, bundle_lead_s(b))
-    assert np.max(np.abs(values - sim)) <= 0.05
+    assert np.max(np.abs(values - sim)) <= 0.01
     second = slice(n // 2, n)
-    assert np.sqrt(np.mean((values[second] - adapted.values[second]) ** 2)) <= 1.0
+    unusable = fl.WARMUP | fl.INVALID
+    differ = ((flags & ~np.uint32(fl.STALE) & unusable) > 0) != ((adapted.flags & unusable) > 0)
+    assert differ.sum() <= 2.0 / (b.config.frontend.window.hop / b.config.stream.fs)
+    assert np.sqrt(np.mean((values[second] - adapted.values[second]) ** 2)) <= 2.0
     adapt_status = [s["adapt"] for s in sub.status if s.get("adapt")]
     assert adapt_status and adapt_status[-1]["updates"] > 0
     assert set(adapt_status[-1]) >= {"adapting", "updates", "static_rmse", "adapted_rmse", "fallbacks"}
