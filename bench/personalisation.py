@@ -280,7 +280,8 @@ def markdown(res: dict[str, Any]) -> str:
 
 def run(recs: list[RecordingArrays], epochs: int = 20, seed: int = 0, warmups: tuple[float, ...] = (2.0, 3.0, 4.0),
         archs: tuple[str, ...] = ARCHS, ft_archs: tuple[str, ...] = ("lstm", "slstm"), score_from: float = 4.0,
-        chosen: FineTune | None = None, fractions: tuple[float, ...] = (0.125, 0.25, 0.5)) -> dict[str, Any]:
+        chosen: FineTune | None = None, fractions: tuple[float, ...] = (0.125, 0.25, 0.5),
+        frozen: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     sw = Sweep(recs, epochs, seed)
     res: dict[str, Any] = {}
@@ -289,10 +290,10 @@ def run(recs: list[RecordingArrays], epochs: int = 20, seed: int = 0, warmups: t
         norms = {"frozen": FROZEN, **{f"session {w:g} s": Normalisation("session", w) for w in warmups}}
         res["warmup"] = zero_shot(sw, ("lstm", "gpr"), norms, score_from)
     models: dict = {}
-    norms = {"frozen": FROZEN, f"session {SESSION_WARMUP_S:g} s": session}
-    res["zero_shot"] = zero_shot(sw, archs, norms, score_from, models)
-    res["constant"] = constant_counts(sw, norms)
     label = f"session {SESSION_WARMUP_S:g} s"
+    norms = {"frozen": FROZEN, label: session} if frozen else {label: session}
+    res["zero_shot"] = zero_shot(sw, archs, norms, score_from, models)
+    res["constant"] = constant_counts(sw, {"frozen": FROZEN, label: session})
     ks = {a: res["zero_shot"][label][a + "+shrink"]["k"] for a in archs}
     grid = [FineTune(layers, steps) for layers in ("readout", "last", "all") for steps in (0, 50, 100, 200, 400)]
     res["fine_tune"] = {}
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmups", default="2,3,4", help="W values of the session-normalisation study ('' to skip)")
     p.add_argument("--layers", help="fine-tune layers for the calibration tables (default: best of the study)")
     p.add_argument("--steps", type=int, help="fine-tune steps for the calibration tables (default: best of the study)")
+    p.add_argument("--no-frozen", action="store_true",
+                   help="zero-shot with session normalisation only (skip the frozen-statistics comparison)")
     p.add_argument("--quick", action="store_true", help="3 epochs, 4 subjects: a smoke run")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -352,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         recs, epochs = [r for r in recs if r.group in ("A1", "N1", "N2", "N4")], 3
     res = run(recs, epochs, a.seed, tuple(float(w) for w in a.warmups.split(",") if w),
               tuple(a.archs.split(",")), tuple(x for x in a.ft_archs.split(",") if x),
-              chosen=FineTune(a.layers, a.steps) if a.layers and a.steps is not None else None)
+              chosen=FineTune(a.layers, a.steps) if a.layers and a.steps is not None else None,
+              frozen=not a.no_frozen)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "personalisation.json").write_text(json.dumps(res, indent=1) + "\n")

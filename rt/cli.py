@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("features", "the front end over a recording, chunk by chunk, as live"),
     "train": ("train", "train a model bundle on recordings"),
     "evaluate": ("evaluate", "evaluate a model bundle on recordings"),
+    "calibrate": ("calibrate", "calibrate a population model to a patient (LSL or recordings): statistics + fine-tune"),
     "forecast": ("forecast", "Lag-Llama: serve horizons, fine-tune, evaluate"),
     "bench": ("bench", "benchmarks side by side with their baselines"),
     "record": ("record", "crash-safe recording of a live LSL stream"),

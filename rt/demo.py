@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "data" / "recordings" / "uci-lower-limb"
 MODELS = ROOT / "data" / "models"
 #: Subject A3, gait ("3Amar"): one fixed choice, so demo runs are comparable; the longest bundled
-#: recording (43 s, so a 30 s demo does not loop) and held out from the default bundle's training.
+#: recording (43 s, so a 30 s demo does not loop); part of the default bundle's training data
+#: (a population model on every bundled subject; the demo's summary says so).
 DEFAULT_RECORDING = RECORDINGS / "3Amar.txt"
 DEFAULT_CHECKPOINT = MODELS / "lagllama-exoloop.ckpt"
 

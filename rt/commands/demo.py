@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
         "mode live; after --duration print a summary and save a plot. Ctrl-C stops every process."))
     p.add_argument("--duration", type=float, default=30.0, metavar="S",
                    help="seconds of predictions before stopping (default 30)")
-    p.add_argument("--recording", metavar="REC", help="recording to play (default: data/recordings/uci-lower-limb/3Amar.txt, held out from the default bundle)")
+    p.add_argument("--recording", metavar="REC", help="recording to play (default: data/recordings/uci-lower-limb/3Amar.txt, part of the default bundle's training data)")
     p.add_argument("--model", metavar="B", help="model bundle (default: the *.exo in data/models/)")
     p.add_argument("--checkpoint", metavar="P", help="Lag-Llama checkpoint (default: data/models/lagllama-exoloop.ckpt)")
     p.add_argument("--png", default="out/demo.png", metavar="PATH", help="where to save the plot (default out/demo.png)")
