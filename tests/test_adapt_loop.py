@@ -23,20 +23,19 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from bench.adapt import simulate, trace
 from kernels import flags as fl
 from models.adapt import AdaptSettings, bundle_lead_s
 from models.bundle import load_bundle
-from rt import schema
+
+from loop_helpers import Collector
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "recordings" / "uci-lower-limb"
@@ -117,38 +116,12 @@ def _port() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-class _Collector:
-    def __init__(self, endpoint: str):
-        self.preds: list[dict] = []
-        self.status: list[dict] = []
-        self._stop = threading.Event()
-        self._sock = zmq.Context.instance().socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        for t in (schema.PRED, schema.STATUS):
-            self._sock.setsockopt(zmq.SUBSCRIBE, t)
-        self._sock.connect(endpoint)
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._sock.poll(50):
-                topic, msg = schema.decode_multipart(self._sock.recv_multipart())
-                (self.preds if topic == schema.PRED else self.status).append(msg)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(2)
-        self._sock.close()
-
-
 def test_live_run_adapts_like_the_replay(model, replayed, tmp_path):
     _, adapted, _ = replayed
     n = adapted.hops
     name = f"adapt-{uuid.uuid4().hex[:8]}"
     ep = _port()
-    sub = _Collector(ep)
+    sub = Collector(ep)
     env = os.environ.copy()
     player = subprocess.Popen(PY + ["play", str(REC), "--name", name, "--config", "uci_lower_limb", "--chunk", "10",
                                     "--quiet", "--wait-consumers", "120", "--hold", "60"],

@@ -30,12 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from kernels import flags as F
-from rt import schema
 
-from loop_helpers import offline_predictions, random_bundle, uci_slice, write_recording
+from loop_helpers import Collector, offline_predictions, random_bundle, uci_slice, write_recording
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 3000  # samples in the slice (3 s at 1000 Hz)
@@ -60,35 +58,6 @@ def _player(rec: Path, name: str, *, loop: bool = False) -> subprocess.Popen:
     argv = PY + ["play", str(rec), "--name", name, "--chunk", "10", "--quiet", "--hold", "3600",
                  "--wait-consumers", "60"]
     return subprocess.Popen(argv + (["--loop"] if loop else []), env=os.environ.copy(), stdout=subprocess.DEVNULL)
-
-
-class Collector:
-    """Subscribes to pred + status in a thread; keeps everything it receives."""
-
-    def __init__(self, endpoint: str):
-        self.preds: list[dict] = []
-        self.status: list[dict] = []
-        self._stop = threading.Event()
-        self._sock = zmq.Context.instance().socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        for t in (schema.PRED, schema.STATUS):
-            self._sock.setsockopt(zmq.SUBSCRIBE, t)
-        self._sock.connect(endpoint)
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._sock.poll(50):
-                topic, payload = self._sock.recv_multipart()
-                (self.preds if topic == schema.PRED else self.status).append(schema.decode(topic, payload))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join()
-        self._sock.close(0)
 
 
 def _wait(cond, timeout: float, what: str) -> None:
