@@ -1,7 +1,7 @@
 """``exoloop bench faults``: every fault of the safety issue injected into a running chain, reaction checked.
 
-The chain is real processes on loopback: a :class:`rt.faults.FaultPlayer` in this process (LSL
-outlets of the bundled recording, looping), ``exoloop run`` (the loop; with the forecaster for
+The chain is real processes on loopback: a fault player (:class:`rt.faults.FaultPlayerProcess`:
+LSL outlets of the bundled recording, looping), ``exoloop run`` (the loop; with the forecaster for
 the process group) and ``exoloop controller --jsonl``, started like ``exoloop demo`` does. This
 process subscribes to ``pred``/``status`` and reads the controller's transitions and applied
 commands from its stdout. Three groups:
@@ -279,15 +279,15 @@ def _traceback_in(path: Path) -> str | None:
 # -- the chain ----------------------------------------------------------------------------------
 
 class Chain:
-    """Fault player (this process) → ``exoloop run`` → ``exoloop controller --jsonl``, on loopback.
+    """Fault player process → ``exoloop run`` → ``exoloop controller --jsonl``, on loopback.
 
-    ``keep``: keep every pred and command (the faults bench); off for the soak (counters only).
+    ``keep``: keep every pred and command and the player's chunk log (the faults bench); off for
+    the soak (counters only).
     """
 
     def __init__(self, workdir: Path, *, recording: Path = DEFAULT_RECORDING, model: Path = DEFAULT_MODEL,
                  checkpoint: Path | None = None, forecaster: bool = False, keep: bool = True):
         from rt.demo import free_port
-        from rt.faults import FaultPlayer
         from rt.recordings import load_recording
         from rt.runner import load_model, write_config_toml
 
@@ -299,7 +299,9 @@ class Chain:
         self.name = f"faults-{uuid.uuid4().hex[:8]}"
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.config_toml = write_config_toml(self.config, self.workdir / f"{self.name}.toml")
-        self.player = FaultPlayer(self.rec, self.name, log=keep)
+        self.recording, self.chunk = Path(recording), 10
+        self.chunk_log = self.workdir / f"{self.name}.chunks" if keep else None
+        self.player: Any = None  # rt.faults.FaultPlayerProcess, once started
         self.preds = Preds(self.config.targets.n_targets, keep=keep)
         self.ctl = ControllerLog(self.config, keep=keep)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -318,6 +320,17 @@ class Chain:
         err.close()
         self.procs[key] = p
         return p
+
+    def start_player(self) -> None:
+        """A new fault player process (new outlets: a consumer sees a new stream instance)."""
+        from rt.faults import FaultPlayerProcess
+
+        err = open(self.workdir / f"{self.name}-player.err", "ab")
+        self.player = FaultPlayerProcess(self.recording, self.name, fs=self.rec.fs, chunk=self.chunk,
+                                         log=self.chunk_log, env=_env(), stderr=err, config=self.config_toml,
+                                         consumer_timeout=START_S)
+        err.close()
+        self.procs["player"] = self.player.proc
 
     def start_loop(self) -> subprocess.Popen:
         """A new ``exoloop run`` process (a new session) on the same stream and endpoint."""
@@ -340,6 +353,7 @@ class Chain:
     def start(self) -> None:
         """All processes up, player playing from the recording's first sample, controller active."""
 
+        self.start_player()
         self.start_loop()
         self.start_controller()
         self.sub = Subscriber(self.endpoint, self.preds)
@@ -370,7 +384,7 @@ class Chain:
 
     def tracebacks(self) -> dict[str, str]:
         out = {}
-        for k in ("loop", "controller"):
+        for k in ("player", "loop", "controller"):
             tb = _traceback_in(self.workdir / f"{self.name}-{k}.err")
             if tb:
                 out[k] = tb
@@ -379,8 +393,10 @@ class Chain:
     def stop(self) -> dict[str, int | None]:
         from rt.demo import stop_processes
 
-        self.player.stop()
-        codes = stop_processes(self.procs, grace_s=10.0)
+        # consumers first: the player's outlets then go away with no inlet attached
+        codes = stop_processes({k: p for k, p in self.procs.items() if k != "player"}, grace_s=10.0)
+        if self.player is not None:
+            codes["player"] = self.player.stop()
         if self.sub is not None:
             self.sub.close()
         return codes
@@ -497,6 +513,8 @@ def run_chain_faults(chain: Chain, faults: list[str], settle_s: float = 2.0,
                      "kill9_loop": _kill9_loop}[kind](chain)
             else:
                 w = _signal_fault(chain, kind)
+            # the fault's last frame still has to reach the controller before "active" means recovered
+            time.sleep(chain.delay_s + chain.hop_s + chain.watchdog_s + SLACK_S)
             try:
                 chain.wait_active(w.t_end, START_S if kind == "kill9_loop" else RECOVER_S)
             except (TimeoutError, RuntimeError) as exc:
@@ -525,7 +543,7 @@ def clean_reference(chain: Chain, seconds: float) -> tuple[np.ndarray, np.ndarra
     passes = int(seconds // pass_len) + 1
     t = np.concatenate([rel + k * pass_len for k in range(passes)])
     x = np.tile(np.asarray(rec.samples, np.float32), (passes, 1))
-    fr = run_offline(FrontEnd(chain.config, chain.bundle.norm_stats), t, x, chunk=chain.player.player.chunk)
+    fr = run_offline(FrontEnd(chain.config, chain.bundle.norm_stats), t, x, chunk=chain.chunk)
     return fr.t.copy(), run_sequence(chain.bundle.engine("compiled"), fr.features)
 
 
@@ -1010,13 +1028,19 @@ def write_fault_report(out: Path, results: list[FaultResult], totals: dict[str, 
     lines = ["# Fault injection (`exoloop bench faults`)", "",
              f"Tolerance {TOL:g} (target units), slack {1e3 * SLACK_S:.0f} ms on every budget, recovery bound "
              f"{RECOVER_S:g} s. Budget = front-end delay + one hop + watchdog + detection time + slack.", "",
-             "| fault | group | expected | to safe | budget | back | preds | flagged | wrong | unflagged wrong (applied) | verdict | failed checks |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "`wrong`: preds off the clean chain by more than the tolerance; `unflagged wrong (applied)`: of "
+             "those, without an INVALID flag (and taken while the controller was active), the worst error, and "
+             "how long after the fault's end the last one came.", "",
+             "| fault | group | expected | to safe | budget | why safe | back | preds | flagged | wrong "
+             "| unflagged wrong (applied), worst, last after end | verdict | failed checks |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|---|---|"]
     for r in results:
         failed = ", ".join(k for k, v in r.checks.items() if not v) or "—"
+        uw = (f"{r.unflagged_wrong} ({r.unflagged_wrong_applied}), {r.max_unflagged_err:.1f}, "
+              f"{_fmt_s(r.last_unflagged_wrong_s)}" if r.unflagged_wrong else "0")
         lines.append(f"| {r.fault} | {r.group} | {'safe' if r.expect_safe else 'stay active'} | {_fmt_s(r.safe_s)} | "
-                     f"{_fmt_s(r.budget_s)} | {_fmt_s(r.back_s)} | {r.preds} | {r.flagged} | {r.wrong} | "
-                     f"{r.unflagged_wrong} ({r.unflagged_wrong_applied}) | {'PASS' if r.ok else 'FAIL'} | {failed} |")
+                     f"{_fmt_s(r.budget_s)} | {r.safe_reason.split(' (')[0][:48]} | {_fmt_s(r.back_s)} | {r.preds} | "
+                     f"{r.flagged} | {r.wrong} | {uw} | {'PASS' if r.ok else 'FAIL'} | {failed} |")
     lines += ["", "## Per group", ""]
     for g, t in totals.items():
         failed = ", ".join(k for k, v in t.get("checks", {}).items() if not v) or "none"

@@ -1,6 +1,6 @@
 """``exoloop bench soak --duration S``: the whole chain for S seconds under a fault schedule.
 
-The chain of ``exoloop bench faults`` (fault player in this process → ``exoloop run`` with its
+The chain of ``exoloop bench faults`` (fault player process → ``exoloop run`` with its
 forecaster → ``exoloop controller --jsonl``), one fault every ``--every`` seconds, cycling
 through the signal and process faults (the message faults need a controller on the bench's
 own socket: ``exoloop bench faults --groups message``). Every ``--sample`` seconds the RSS and
@@ -33,7 +33,8 @@ from bench.faults import (DEFAULT_CHECKPOINT, DEFAULT_MODEL, DEFAULT_RECORDING, 
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "soak"
-ROLES = ("bench", "loop", "controller", "forecaster")
+ROLES = ("bench", "player", "loop", "controller", "forecaster")
+MAX_INCIDENTS = 10  #: unexpected deaths after which the soak stops (a chain that cannot run: report it)
 
 
 def proc_usage(pid: int) -> tuple[float, int] | None:
@@ -48,7 +49,7 @@ def proc_usage(pid: int) -> tuple[float, int] | None:
 
 def _pids(chain: Chain) -> dict[str, int | None]:
     fc = ((chain.preds.status or {}).get("forecaster") or {}).get("pid")
-    return {"bench": os.getpid(), "loop": chain.procs["loop"].pid, "controller": chain.procs["controller"].pid,
+    return {"bench": os.getpid(), "player": chain.procs["player"].pid, "loop": chain.procs["loop"].pid, "controller": chain.procs["controller"].pid,
             "forecaster": int(fc) if fc else None}
 
 
@@ -79,6 +80,7 @@ def run_soak(duration: float, *, every: float = 30.0, sample_s: float = 5.0, fau
     print(f"soak: starting the chain ({chain.name}), {duration:g} s, a fault every {every:g} s: "
           f"{', '.join(faults)}", flush=True)
     codes: dict[str, int | None] = {}
+    t0 = time.monotonic()
     try:
         chain.start()
         t0, lsl0 = time.monotonic(), pylsl.local_clock()
@@ -99,7 +101,14 @@ def run_soak(duration: float, *, every: float = 30.0, sample_s: float = 5.0, fau
                 if p.poll() is not None:
                     incidents.append(f"{now - t0:.0f} s: {key} exited with {p.returncode}; restarted")
                     chain.dead.append((key, p.returncode))
-                    (chain.start_loop if key == "loop" else chain.start_controller)()
+                    if key == "player":
+                        chain.start_player()
+                        chain.player.start(START_S)
+                    else:
+                        (chain.start_loop if key == "loop" else chain.start_controller)()
+            if len(incidents) >= MAX_INCIDENTS:
+                print(f"soak: {len(incidents)} unexpected deaths, stopping early", flush=True)
+                break
             if now >= next_fault:
                 kind = faults[k % len(faults)]
                 k += 1
@@ -113,6 +122,8 @@ def run_soak(duration: float, *, every: float = 30.0, sample_s: float = 5.0, fau
                       flush=True)
                 next_fault = max(next_fault + every, time.monotonic() + 1.0)
             time.sleep(0.1)
+    except KeyboardInterrupt:  # Ctrl-C ends the soak early; the report covers what ran
+        incidents.append(f"{time.monotonic() - t0:.0f} s: interrupted (Ctrl-C)")
     finally:
         codes = chain.stop()
     report = soak_report(chain, samples, fault_rows, incidents, codes, time.monotonic() - t_wall0, duration, every)

@@ -29,7 +29,7 @@ def test_soak_smoke_20s(tmp_path):
     assert t["watchdog_trips"] >= 1  # the stopped loop
     assert t["seq_gaps"] == 0 and t["sessions"] == 1
     assert not t["incidents"] and not t["tracebacks"], (t["incidents"], t["tracebacks"])
-    assert t["exit_codes"] == {"loop": 0, "controller": 0}
-    assert set(t["growth"]) == {"bench", "loop", "controller"}
+    assert t["exit_codes"] == {"player": 0, "loop": 0, "controller": 0}
+    assert set(t["growth"]) == {"bench", "player", "loop", "controller"}
     assert all(g["fds_max"] > 0 and g["rss_max_mib"] > 0 for g in t["growth"].values())
     assert t["rate_violations"] == 0 and t["limit_violations"] == 0
