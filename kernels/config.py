@@ -68,9 +68,9 @@ class Baseline:
 class Wavelet:
     enabled: bool = True
     wavelet: str = "db7"
-    level: int = 8
+    level: int = 4
     threshold: float = 0.08
-    lookahead: int = 256
+    lookahead: int = 50
 
 
 @dataclass(frozen=True)
