@@ -16,9 +16,11 @@ down-projection), post-blocks LayerNorm, linear head, and the target de-standard
 Export layout: ``dims`` (int64) = ``[F, E, T, n_blocks, has_input_proj, has_post_norm]`` then 5
 ints per block ``[kind, a, b, c, d]`` — mLSTM (kind 0): inner dim, q/k/v projection heads,
 heads, conv kernel; sLSTM (1): heads, conv kernel, feed-forward dim, 0; LSTM layer (2): input
-dim, hidden, 0, 0. Parameters are read from ``params`` in a fixed order (``_pack_*`` below
-write them in the same order), slot ``k`` being ``params[poff[k]:poff[k+1]]``; state slots
-likewise in ``state`` / ``soff``.
+dim, hidden, 0, 0. Parameters are read from ``params`` in a fixed order (:func:`export_model`
+writes them in the same order), slot ``k`` being ``params[poff[k]:poff[k+1]]``; state slots
+likewise in ``state`` / ``soff``. Named layout constants give each slot's offset within its
+block (``SL_*`` sLSTM, ``ML_*`` mLSTM, ``LS_*`` LSTM; ``*_ST_*`` state slots), the ``dims``
+fields (``DIM_*``) and the scratch rows of ``work`` (``*_ROW``, ``WORK_ROWS``).
 """
 
 from __future__ import annotations
@@ -29,29 +31,64 @@ import numpy as np
 from numba import njit
 
 MLSTM, SLSTM, LSTM = 0, 1, 2
-_HEADER = 6
-_PER_BLOCK = 5
 _EPS_NORM = 1e-5  # xlstm LayerNorm / MultiHeadLayerNorm eps
 _EPS_MLSTM = 1e-6  # mLSTM recurrent step's denominator eps
-#: Scratch row holding the vector the output head reads (``work[HEAD_INPUT_ROW, :E]`` after a step).
+
+# ``dims`` header: indices of its fields, then _PER_BLOCK ints per block from _HEADER on.
+DIM_F, DIM_E, DIM_T, DIM_BLOCKS, DIM_HAS_INPUT_PROJ, DIM_HAS_POST_NORM = range(6)
+_HEADER = 6
+_PER_BLOCK = 5
+
+# Parameter slots of each block, relative to the block's first slot (:func:`export_model`
+# adds them in this order); ``*_SLOTS``: how many the block has.
+(SL_NORM, SL_CONV_W, SL_CONV_B, SL_W_I, SL_W_F, SL_W_Z, SL_W_O, SL_RECURRENT, SL_BIAS, SL_GROUP_NORM,
+ SL_FFN_NORM, SL_FFN_UP, SL_FFN_DOWN) = range(13)  # fmt: skip
+SLSTM_SLOTS, SLSTM_FFN_SLOTS = SL_GROUP_NORM + 1, SL_FFN_DOWN + 1  # without / with the feed-forward
+(ML_NORM, ML_UP, ML_CONV_W, ML_CONV_B, ML_W_Q, ML_W_K, ML_W_V, ML_IGATE_W, ML_IGATE_B, ML_FGATE_W, ML_FGATE_B,
+ ML_OUT_NORM, ML_SKIP, ML_DOWN) = range(14)  # fmt: skip
+MLSTM_SLOTS = ML_DOWN + 1
+LS_W_IH, LS_W_HH, LS_BIAS = range(3)
+LSTM_SLOTS = LS_BIAS + 1
+#: The input projection's slots (first, when ``has_input_proj``), the head's (last four).
+IN_W, IN_B = range(2)
+HEAD_W, HEAD_B, TARGET_MEAN, TARGET_STD = range(4)
+HEAD_SLOTS = TARGET_STD + 1
+
+# State slots of each block, relative to its first state slot.
+SL_ST_CONV, SL_ST_CELL = range(2)  # conv history [KS, E]; cell [4, E] = y, c, n, m
+SLSTM_STATES = SL_ST_CELL + 1
+ML_ST_CONV, ML_ST_C, ML_ST_N, ML_ST_M = range(4)  # conv history [KS, I]; C [NH, DH, DH]; n [NH, DH]; m [NH]
+MLSTM_STATES = ML_ST_M + 1
+LS_ST_HC = 0  # [2, H] = h, c
+LSTM_STATES = LS_ST_HC + 1
+
+# Scratch rows of ``work`` float64[WORK_ROWS, work_size(dims)]: rows 0..LSTM_OUT_ROW are each
+# block's scratch; the other two live across the blocks of a step.
+LSTM_OUT_ROW = 5  # an LSTM layer's new hidden state, before it is copied into the head input
+#: The vector the blocks update and the output head reads (``work[HEAD_INPUT_ROW, :E]`` after a step).
 HEAD_INPUT_ROW = 6
+INPUT_ROW = 7  # the frame (float64); after the post-blocks norm, its output
+WORK_ROWS = 8
 
 
 # --------------------------------------------------------------------------- numeric helpers
 
 
 @njit(cache=True)
-def _p1(buf, off, k):
+def _slot(buf, off, k):
+    """Slot ``k`` of a flat buffer (``params``/``state``, offsets ``off``) as a vector."""
     return buf[off[k]:off[k + 1]]
 
 
 @njit(cache=True)
-def _p2(buf, off, k, r, c):
+def _slot2(buf, off, k, r, c):
+    """Slot ``k`` as an ``[r, c]`` matrix."""
     return buf[off[k]:off[k + 1]].reshape((r, c))
 
 
 @njit(cache=True)
-def _p3(buf, off, k, a, b, c):
+def _slot3(buf, off, k, a, b, c):
+    """Slot ``k`` as an ``[a, b, c]`` array."""
     return buf[off[k]:off[k + 1]].reshape((a, b, c))
 
 
@@ -141,17 +178,17 @@ def _conv_step(hist, w, b, x, out):
 @njit(cache=True)
 def _slstm_block(h, E, NH, KS, P, params, poff, k, state, soff, s, work):
     u, xc, raw, y, t = work[0], work[1], work[2], work[3], work[4]
-    _groupnorm(h, _p1(params, poff, k), 1, u)
-    hist = _p2(state, soff, s, KS, E)
-    _conv_step(hist, _p2(params, poff, k + 1, E, KS), _p1(params, poff, k + 2), u, xc)
+    _groupnorm(h, _slot(params, poff, k + SL_NORM), 1, u)
+    hist = _slot2(state, soff, s + SL_ST_CONV, KS, E)
+    _conv_step(hist, _slot2(params, poff, k + SL_CONV_W, E, KS), _slot(params, poff, k + SL_CONV_B), u, xc)
     DH = E // NH
-    _headwise(_p3(params, poff, k + 3, NH, DH, DH), xc, raw[0:E])           # i (package: fgate on conv)
-    _headwise(_p3(params, poff, k + 4, NH, DH, DH), xc, raw[E:2 * E])       # f (package: igate on conv)
-    _headwise(_p3(params, poff, k + 5, NH, DH, DH), u, raw[2 * E:3 * E])    # z
-    _headwise(_p3(params, poff, k + 6, NH, DH, DH), u, raw[3 * E:4 * E])    # o
-    R = _p3(params, poff, k + 7, NH, 4 * DH, DH)
-    bias = _p1(params, poff, k + 8)
-    cell = _p2(state, soff, s + 1, 4, E)  # y, c, n, m
+    _headwise(_slot3(params, poff, k + SL_W_I, NH, DH, DH), xc, raw[0:E])           # i (package: fgate on conv)
+    _headwise(_slot3(params, poff, k + SL_W_F, NH, DH, DH), xc, raw[E:2 * E])       # f (package: igate on conv)
+    _headwise(_slot3(params, poff, k + SL_W_Z, NH, DH, DH), u, raw[2 * E:3 * E])    # z
+    _headwise(_slot3(params, poff, k + SL_W_O, NH, DH, DH), u, raw[3 * E:4 * E])    # o
+    R = _slot3(params, poff, k + SL_RECURRENT, NH, 4 * DH, DH)
+    bias = _slot(params, poff, k + SL_BIAS)
+    cell = _slot2(state, soff, s + SL_ST_CELL, 4, E)  # y, c, n, m
     fresh = True
     for j in range(E):
         if cell[2, j] != 0.0:
@@ -176,40 +213,40 @@ def _slstm_block(h, E, NH, KS, P, params, poff, k, state, soff, s, work):
         cell[1, j] = c
         cell[2, j] = n
         cell[3, j] = mnew
-    _groupnorm(cell[0], _p1(params, poff, k + 9), NH, y)
+    _groupnorm(cell[0], _slot(params, poff, k + SL_GROUP_NORM), NH, y)
     for j in range(E):
         h[j] += y[j]
     if P > 0:
-        _groupnorm(h, _p1(params, poff, k + 10), 1, u)
+        _groupnorm(h, _slot(params, poff, k + SL_FFN_NORM), 1, u)
         up = t[0:2 * P]
-        _matvec(_p2(params, poff, k + 11, 2 * P, E), u, up)
+        _matvec(_slot2(params, poff, k + SL_FFN_UP, 2 * P, E), u, up)
         for j in range(P):
             up[j] = _gelu(up[j]) * up[P + j]
-        _matvec(_p2(params, poff, k + 12, E, P), up[0:P], y)
+        _matvec(_slot2(params, poff, k + SL_FFN_DOWN, E, P), up[0:P], y)
         for j in range(E):
             h[j] += y[j]
-        return k + 13, s + 2
-    return k + 10, s + 2
+        return k + SLSTM_FFN_SLOTS, s + SLSTM_STATES
+    return k + SLSTM_SLOTS, s + SLSTM_STATES
 
 
 @njit(cache=True)
 def _mlstm_block(h, E, I, NQ, NH, KS, params, poff, k, state, soff, s, work):
     u, xi, xc, qkv, hs, y = work[0], work[1], work[2], work[3], work[4], work[5]
-    _groupnorm(h, _p1(params, poff, k), 1, u)
-    _matvec(_p2(params, poff, k + 1, 2 * I, E), u, xi)
-    hist = _p2(state, soff, s, KS, I)
-    _conv_step(hist, _p2(params, poff, k + 2, I, KS), _p1(params, poff, k + 3), xi[0:I], xc)
+    _groupnorm(h, _slot(params, poff, k + ML_NORM), 1, u)
+    _matvec(_slot2(params, poff, k + ML_UP, 2 * I, E), u, xi)
+    hist = _slot2(state, soff, s + ML_ST_CONV, KS, I)
+    _conv_step(hist, _slot2(params, poff, k + ML_CONV_W, I, KS), _slot(params, poff, k + ML_CONV_B), xi[0:I], xc)
     BQ = I // NQ
     q, kk, v = qkv[0:I], qkv[I:2 * I], qkv[2 * I:3 * I]
-    _headwise(_p3(params, poff, k + 4, NQ, BQ, BQ), xc, q)
-    _headwise(_p3(params, poff, k + 5, NQ, BQ, BQ), xc, kk)
-    _headwise(_p3(params, poff, k + 6, NQ, BQ, BQ), xi[0:I], v)
-    wi, bi = _p2(params, poff, k + 7, NH, 3 * I), _p1(params, poff, k + 8)
-    wf, bf = _p2(params, poff, k + 9, NH, 3 * I), _p1(params, poff, k + 10)
+    _headwise(_slot3(params, poff, k + ML_W_Q, NQ, BQ, BQ), xc, q)
+    _headwise(_slot3(params, poff, k + ML_W_K, NQ, BQ, BQ), xc, kk)
+    _headwise(_slot3(params, poff, k + ML_W_V, NQ, BQ, BQ), xi[0:I], v)
+    wi, bi = _slot2(params, poff, k + ML_IGATE_W, NH, 3 * I), _slot(params, poff, k + ML_IGATE_B)
+    wf, bf = _slot2(params, poff, k + ML_FGATE_W, NH, 3 * I), _slot(params, poff, k + ML_FGATE_B)
     DH = I // NH
-    C = _p3(state, soff, s + 1, NH, DH, DH)
-    nst = _p2(state, soff, s + 2, NH, DH)
-    mst = _p1(state, soff, s + 3)
+    C = _slot3(state, soff, s + ML_ST_C, NH, DH, DH)
+    nst = _slot2(state, soff, s + ML_ST_N, NH, DH)
+    mst = _slot(state, soff, s + ML_ST_M)
     scale = 1.0 / math.sqrt(DH)
     for hd in range(NH):
         ipre = bi[hd]
@@ -236,21 +273,23 @@ def _mlstm_block(h, E, I, NQ, NH, KS, params, poff, k, state, soff, s, work):
             for a in range(DH):
                 acc += q[o + a] * C[hd, a, b]
             hs[o + b] = acc / denom
-    _groupnorm(hs[0:I], _p1(params, poff, k + 11), NH, y)
-    skip = _p1(params, poff, k + 12)
+    _groupnorm(hs[0:I], _slot(params, poff, k + ML_OUT_NORM), NH, y)
+    skip = _slot(params, poff, k + ML_SKIP)
     for j in range(I):
         hs[j] = (y[j] + skip[j] * xc[j]) * _silu(xi[I + j])
-    _matvec(_p2(params, poff, k + 13, E, I), hs[0:I], y)
+    _matvec(_slot2(params, poff, k + ML_DOWN, E, I), hs[0:I], y)
     for j in range(E):
         h[j] += y[j]
-    return k + 14, s + 4
+    return k + MLSTM_SLOTS, s + MLSTM_STATES
 
 
 @njit(cache=True)
 def _lstm_layer(x, IN, H, params, poff, k, state, soff, s, work, hout):
     g = work[0]
-    wih, whh, b = _p2(params, poff, k, 4 * H, IN), _p2(params, poff, k + 1, 4 * H, H), _p1(params, poff, k + 2)
-    hc = _p2(state, soff, s, 2, H)
+    wih = _slot2(params, poff, k + LS_W_IH, 4 * H, IN)
+    whh = _slot2(params, poff, k + LS_W_HH, 4 * H, H)
+    b = _slot(params, poff, k + LS_BIAS)
+    hc = _slot2(state, soff, s + LS_ST_HC, 2, H)
     for r in range(4 * H):
         acc = b[r]
         for i in range(IN):
@@ -264,25 +303,25 @@ def _lstm_layer(x, IN, H, params, poff, k, state, soff, s, work, hout):
         hout[j] = _sigmoid(g[3 * H + j]) * math.tanh(c)
     for j in range(H):
         hc[0, j] = hout[j]
-    return k + 3, s + 1
+    return k + LSTM_SLOTS, s + LSTM_STATES
 
 
 @njit(cache=True)
 def step_kernel(frame, dims, params, poff, state, soff, work, out):
     """One frame through the exported model, state updated in place; ``out`` in target units."""
-    F, E, T, nb, has_in, has_post = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]
+    F, E, T, nb = dims[DIM_F], dims[DIM_E], dims[DIM_T], dims[DIM_BLOCKS]
     h = work[HEAD_INPUT_ROW]
-    xin = work[7]
+    xin = work[INPUT_ROW]
     for i in range(F):
         xin[i] = frame[i]
     k = 0
     s = 0
-    if has_in:
-        _matvec(_p2(params, poff, 0, E, F), xin[0:F], h[0:E])
-        b = _p1(params, poff, 1)
+    if dims[DIM_HAS_INPUT_PROJ]:
+        _matvec(_slot2(params, poff, IN_W, E, F), xin[0:F], h[0:E])
+        b = _slot(params, poff, IN_B)
         for j in range(E):
             h[j] += b[j]
-        k = 2
+        k = IN_B + 1
     for blk in range(nb):
         o = _HEADER + _PER_BLOCK * blk
         kind = dims[o]
@@ -294,15 +333,17 @@ def step_kernel(frame, dims, params, poff, state, soff, work, out):
         else:
             n_in, hid = dims[o + 1], dims[o + 2]
             src = xin if blk == 0 else h
-            k, s = _lstm_layer(src[0:n_in], n_in, hid, params, poff, k, state, soff, s, work, work[5][0:hid])
+            hout = work[LSTM_OUT_ROW]
+            k, s = _lstm_layer(src[0:n_in], n_in, hid, params, poff, k, state, soff, s, work, hout[0:hid])
             for j in range(hid):
-                h[j] = work[5][j]
-    if has_post:
-        _groupnorm(h[0:E], _p1(params, poff, k), 1, xin[0:E])
+                h[j] = hout[j]
+    if dims[DIM_HAS_POST_NORM]:
+        _groupnorm(h[0:E], _slot(params, poff, k), 1, xin[0:E])
         for j in range(E):
             h[j] = xin[j]
         k += 1
-    w, b, mean, std = _p2(params, poff, k, T, E), _p1(params, poff, k + 1), _p1(params, poff, k + 2), _p1(params, poff, k + 3)
+    w, b = _slot2(params, poff, k + HEAD_W, T, E), _slot(params, poff, k + HEAD_B)
+    mean, std = _slot(params, poff, k + TARGET_MEAN), _slot(params, poff, k + TARGET_STD)
     for t in range(T):
         acc = b[t]
         for j in range(E):
@@ -357,7 +398,7 @@ def export_model(model) -> dict[str, np.ndarray]:
     dims = [spec.n_features, spec.hidden, spec.n_targets, 0, 0, 0]
     if spec.arch == "lstm":
         lstm = model.lstm
-        dims[3] = lstm.num_layers
+        dims[DIM_BLOCKS] = lstm.num_layers
         for i in range(lstm.num_layers):
             n_in = spec.n_features if i == 0 else spec.hidden
             dims += [LSTM, n_in, spec.hidden, 0, 0]
@@ -366,7 +407,7 @@ def export_model(model) -> dict[str, np.ndarray]:
             p.add(getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}"))
             st.zeros(2, spec.hidden)
     else:
-        dims[3], dims[4], dims[5] = len(model.stack.blocks), 1, 1
+        dims[DIM_BLOCKS], dims[DIM_HAS_INPUT_PROJ], dims[DIM_HAS_POST_NORM] = len(model.stack.blocks), 1, 1
         p.add(model.input_proj.weight)
         p.add(model.input_proj.bias)
         for block in model.stack.blocks:
@@ -439,16 +480,18 @@ def readout(dims: np.ndarray, params: np.ndarray, poff: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Copies of the head ``W [T, E]``, ``b [T]`` and the target ``mean``, ``std`` [T]: the last
     four parameter slots (``step_kernel``: ``out = (W @ h + b) * std + mean``)."""
-    E, T = int(dims[1]), int(dims[2])
-    w, b, mean, std = (params[poff[k]:poff[k + 1]].copy() for k in range(len(poff) - 5, len(poff) - 1))
+    E, T = int(dims[DIM_E]), int(dims[DIM_T])
+    first = len(poff) - 1 - HEAD_SLOTS
+    w, b, mean, std = (params[poff[first + k]:poff[first + k + 1]].copy()
+                       for k in (HEAD_W, HEAD_B, TARGET_MEAN, TARGET_STD))  # fmt: skip
     return w.reshape(T, E), b, mean, std
 
 
 def work_size(dims: np.ndarray) -> int:
-    """Length of each of the 8 scratch rows the kernel needs."""
-    F, E = int(dims[0]), int(dims[1])
+    """Length of each of the ``WORK_ROWS`` scratch rows the kernel needs."""
+    F, E = int(dims[DIM_F]), int(dims[DIM_E])
     need = [F, 4 * E]
-    for b in range(int(dims[3])):
+    for b in range(int(dims[DIM_BLOCKS])):
         kind, a, bb, c, _ = (int(v) for v in dims[_HEADER + _PER_BLOCK * b:_HEADER + _PER_BLOCK * (b + 1)])
         if kind == MLSTM:
             need += [3 * a]

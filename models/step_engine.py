@@ -122,7 +122,7 @@ class CompiledStepEngine:
         self._soff, self._state0 = ex["soff"], ex["state0"]
         self.n_features, self.n_targets = int(self._dims[0]), int(self._dims[2])
         self._state = self._state0.copy()
-        self._work = np.zeros((8, cs.work_size(self._dims)), dtype=np.float64)
+        self._work = np.zeros((cs.WORK_ROWS, cs.work_size(self._dims)), dtype=np.float64)
         self._out = np.empty(self.n_targets, dtype=np.float32)
         self._features = self._work[cs.HEAD_INPUT_ROW, :int(self._dims[1])]
 
