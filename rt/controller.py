@@ -33,14 +33,21 @@ or when the watchdog fires: no valid ``pred`` for ``watchdog_hops * hop / fs`` s
 invalid pred while ``waiting`` keeps it waiting). The watchdog runs on time: the reader polls
 with a timeout of a quarter of that budget, reads at most :data:`DRAIN_FRAMES` frames per
 socket, then ticks, so no flood can hold it off. In safe mode the command is held
-(``safe_mode = "hold"``) or set to 0 (``"zero"``).
+(``safe_mode = "hold"``) or ramped to 0 (``"zero"``): a step to zero is itself a hazardous
+motion, so the zero ramp obeys the same rate limit as every other command (below). It starts at
+the transition (which does not move the command) and advances on :meth:`Controller.tick`, at
+most one step per hop, until the command is 0 or the controller goes active again (the ramp
+toward the predictions then starts from wherever the zero ramp had got to).
 
 Command. It starts at 0. While active, each prediction is clamped to
 ``[controller.lower, controller.upper]`` and the command moves toward it by at most
 ``controller.rate * dt``, ``dt`` the time since the last applied command (at most the watchdog
-budget). The pred that makes it active sets ``dt = 0``: from waiting or safe the command ramps
-from the held (or zero) command, never jumps. Every transition and every applied command is
-reported (``on_transition``, ``on_command``).
+budget); the zero ramp of safe mode moves it toward 0 by the same ``controller.rate * dt``. The
+pred that makes it active sets ``dt = 0``, as does entering safe mode: from waiting or safe the
+command ramps from the held (or partly zeroed) command, never jumps. Every transition and
+every applied command (zero-ramp steps included) is reported (``on_transition``,
+``on_command``). Limits, rates and the clamp must be finite (:class:`ControllerError`
+otherwise: an infinite rate times ``dt = 0`` is NaN).
 """
 
 from __future__ import annotations
@@ -77,7 +84,8 @@ _UNFIT = F.INVALID | F.WARMUP  # flags that refuse a pred
 
 
 class ControllerError(ValueError):
-    """Bad controller arguments (an endpoint ZeroMQ cannot connect to, a duration <= 0, an unknown safe mode)."""
+    """Bad controller arguments (an endpoint ZeroMQ cannot connect to, a duration <= 0, an unknown safe
+    mode, a limit or rate that is not finite)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,10 @@ class Controller:
         self.lower = np.asarray(c.lower, dtype=np.float64)
         self.upper = np.asarray(c.upper, dtype=np.float64)
         self.rate = np.asarray(c.rate, dtype=np.float64)
+        for name, v in (("lower", self.lower), ("upper", self.upper), ("rate", self.rate)):
+            if not np.all(np.isfinite(v)):  # config checks order and sign; inf would reach the actuator as NaN
+                raise ControllerError(f"controller.{name} must be finite, got {v.tolist()}")
+        self._zero = np.zeros(self.n_targets)
         self.limits = schema.size_limits(config)
         self.command = np.zeros(self.n_targets)
         self.mode = WAITING
@@ -188,11 +200,15 @@ class Controller:
             self._refuse("topic", f"{topic.decode()} is not a controller topic", now, pred=False)
 
     def tick(self, now: float) -> None:
-        """Watchdog (call at least every quarter of ``watchdog_s``); also flushes the refusal log."""
+        """Watchdog and the zero ramp of safe mode (call at least every quarter of ``watchdog_s``);
+        also flushes the refusal log."""
         if self.mode == ACTIVE and now - self.last_valid_t > self.watchdog_s:
             self.valid_streak = 0
             self._enter(SAFE, now, f"watchdog: no valid pred for {1e3 * (now - self.last_valid_t):.0f} ms "
                                    f"(budget {1e3 * self.watchdog_s:.0f} ms)")
+        if (self.mode == SAFE and self.safe_mode == "zero" and self.command.any()
+                and now - self._last_apply_t >= self.hop_s * (1 - 1e-6)):  # one step a hop (rounding aside)
+            self._move_toward(self._zero, now)
         self._refusals.flush(now)
         self._drops.flush(now)
 
@@ -246,7 +262,11 @@ class Controller:
                 return
             self._enter(ACTIVE, now, f"{self.valid_streak} consecutive valid preds (seq {seq})")
             self._last_apply_t = now  # the ramp starts here, from the held command
-        target = np.clip(np.asarray(msg["values"], dtype=np.float64), self.lower, self.upper)
+        self._move_toward(np.clip(np.asarray(msg["values"], dtype=np.float64), self.lower, self.upper), now)
+
+    def _move_toward(self, target: np.ndarray, now: float) -> None:
+        """Apply one rate-limited step toward ``target``: ``rate * dt``, ``dt`` the time since the
+        last applied command (or the ramp's start), at most the watchdog budget."""
         dt = min(max(now - self._last_apply_t, 0.0), self.watchdog_s)
         step = self.rate * dt
         self.command += np.clip(target - self.command, -step, step)
@@ -276,8 +296,7 @@ class Controller:
         if self._on_transition is not None:
             self._on_transition(tr)
         if mode == SAFE and self.safe_mode == "zero":
-            self.command[:] = 0.0
-            self._applied(now)
+            self._last_apply_t = now  # the zero ramp starts here (tick), from the command as it is
 
 
 class _Inbox:

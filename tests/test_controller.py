@@ -109,7 +109,12 @@ def test_leaving_safe_mode_ramps_from_the_safe_command(uci_config, safe_mode):
     assert c.command[0] == 100.0
     c.on_frames(pred(seq, [100.0], t, F.GAP), t)
     assert c.mode == SAFE
+    assert c.command[0] == 100.0  # entering safe mode never moves the command
     held = 100.0 if safe_mode == "hold" else 0.0
+    t_safe = t
+    while t < t_safe + 1.0:  # "zero": the ramp runs on ticks, rate-limited
+        t += c.hop_s
+        c.tick(t)
     assert c.command[0] == held
     target = 20.0 if safe_mode == "hold" else 140.0  # more than one ramp step away
     seq, t = activate(c, [target], t + c.hop_s, seq + 1)
@@ -177,7 +182,13 @@ def test_refused_pred_enters_safe_mode_and_resumes_after_watchdog_hops(uci_confi
     assert c.mode == SAFE
     assert c.summary.refused == {reason: 1} and c.summary.invalid == 1
     assert reason in c.summary.transitions[-1].reason
-    np.testing.assert_array_equal(c.command, held if safe_mode == "hold" else 0 * held)
+    np.testing.assert_array_equal(c.command, held)  # no step at the transition, whatever the mode
+    c.tick(t + c.hop_s)
+    if safe_mode == "hold":
+        np.testing.assert_array_equal(c.command, held)
+    else:  # one rate-limited step toward 0
+        step = np.asarray(uci_config.controller.rate) * c.hop_s
+        np.testing.assert_allclose(c.command, held - np.clip(held, -step, step), rtol=1e-12)
     seq, t = activate(c, v, t + c.hop_s, seq + 1)
     assert [tr.new for tr in c.summary.transitions] == [ACTIVE, SAFE, ACTIVE]
 
@@ -299,36 +310,124 @@ def test_every_applied_command_is_reported(uci_config):
     seq, t = activate(c, [50.0], 1.0)
     for k in range(5):
         c.on_frames(pred(seq + k, [50.0], t + k * c.hop_s), t + k * c.hop_s)
-    c.tick(t + 10.0)
-    assert len(seen) == c.summary.applied == 7  # entry, 5 ramp steps, and the zero of safe mode
-    assert [s[0] for s in seen] == [t - c.hop_s] + [t + k * c.hop_s for k in range(5)] + [t + 10.0]
-    assert seen[-1][1] == 0.0 and seen[-2][1] == 50.0
+    c.tick(t + 10.0)  # watchdog: safe; the zero ramp starts here and takes its first step a hop later
+    assert c.mode == SAFE and len(seen) == 6
+    c.tick(t + 10.0 + c.hop_s)
+    c.tick(t + 10.0 + 2 * c.hop_s)
+    assert len(seen) == c.summary.applied == 8  # entry, 5 ramp steps, 2 steps of the zero ramp
+    assert [s[0] for s in seen] == ([t - c.hop_s] + [t + k * c.hop_s for k in range(5)]
+                                    + [t + 10.0 + c.hop_s, t + 10.0 + 2 * c.hop_s])
+    rate = uci_config.controller.rate[0]
+    assert seen[-3][1] == 50.0 and seen[-2][1] == pytest.approx(50.0 - rate * c.hop_s) and seen[-1][1] == 0.0
 
 
-@settings(deadline=None, max_examples=30)
-@given(st.lists(st.tuples(st.floats(-1e4, 1e4) | st.sampled_from([np.nan, np.inf]),
-                          st.sampled_from([0, 0, 0, F.GAP, F.WARMUP, F.FLAT]),
-                          st.floats(0.0, 0.1)), min_size=1, max_size=60),
-       st.sampled_from(["hold", "zero"]))
-def test_command_always_within_limits_and_rate(siat_config, seq, safe_mode):
-    cfg = siat_config
-    applied: list[float] = []
-    c = Controller(cfg, safe_mode=safe_mode, on_command=lambda t, v: applied.append(t))
+@pytest.mark.parametrize("cause", ["flags", "watchdog"])
+def test_safe_zero_ramps_to_zero_at_the_rate_limit_over_successive_ticks(cfg, cause):
+    """A step to zero is itself a hazardous motion: the zero of safe mode is a ramp."""
+    seen: list[tuple[float, np.ndarray]] = []
+    c = Controller(cfg, safe_mode="zero", on_command=lambda t, v: seen.append((t, v.copy())))
     lo, hi = lo_hi(cfg)
     rate = np.asarray(cfg.controller.rate)
-    prev, prev_mode, t, t_applied = c.command.copy(), c.mode, 0.0, 0.0
-    for i, (x, fl, dt) in enumerate(seq):
+    far = np.where(np.abs(hi) >= np.abs(lo), hi, lo)  # the limit farther from 0, per target
+    seq, t = activate(c, far, 1.0)
+    while not np.array_equal(c.command, far):
+        c.on_frames(pred(seq, far, t), t)
+        seq, t = seq + 1, t + c.hop_s
+    t_last = t - c.hop_s
+    if cause == "flags":
+        t_safe = t
+        c.on_frames(pred(seq, far, t, F.FLAT), t)
+    else:
+        t_safe = t_last + 1.01 * c.watchdog_s
+        c.tick(t_safe)
+    assert c.mode == SAFE and cause in c.summary.transitions[-1].reason
+    np.testing.assert_array_equal(c.command, far)  # the transition itself does not move it
+    n0 = len(seen)
+    ticks = t_safe + np.arange(1, 4000) * c.hop_s / 3  # ticks three times per hop: steps once per hop
+    for now in ticks:
+        c.tick(now)
+        if not c.command.any():
+            break
+    ramp = seen[n0:]
+    assert ramp and not c.command.any() and c.mode == SAFE
+    times = np.array([t_safe] + [r[0] for r in ramp])
+    values = np.array([far] + [r[1] for r in ramp])
+    dt = np.diff(times)
+    assert np.all(dt >= c.hop_s * (1 - 1e-6))  # at most one step per hop
+    steps = np.abs(np.diff(values, axis=0))
+    assert np.all(steps <= rate * np.minimum(dt, c.watchdog_s)[:, None] * (1 + 1e-12))
+    assert np.all(np.abs(values[1:]) <= np.abs(values[:-1]))  # toward 0, never across it
+    assert np.all(np.sign(values[1:]) * np.sign(far) >= 0)
+    full = rate * np.minimum(dt, c.watchdog_s)[:, None]  # full speed: each step rate x dt, or the rest to 0
+    assert np.all(np.isclose(steps, full, rtol=1e-9) | (values[1:] == 0))
+    n = len(seen)
+    c.tick(ticks[-1] + 10.0)
+    assert len(seen) == n  # at zero: nothing more to apply
+
+
+def test_zero_ramp_is_interrupted_by_resuming_and_resumes_from_where_it_got(uci_config):
+    c = Controller(uci_config, safe_mode="zero")
+    rate = uci_config.controller.rate[0]
+    seq, t = activate(c, [140.0], 1.0)
+    for _ in range(10):
+        c.on_frames(pred(seq, [140.0], t), t)
+        seq, t = seq + 1, t + c.hop_s
+    assert c.command[0] == 140.0
+    c.on_frames(pred(seq, [140.0], t, F.GAP), t)
+    c.tick(t + c.hop_s)
+    partly = 140.0 - rate * c.hop_s
+    assert c.command[0] == pytest.approx(partly)
+    seq, t = activate(c, [140.0], t + c.hop_s, seq + 1)  # valid again: the zero ramp stops here
+    assert c.command[0] == pytest.approx(partly)  # ramps (toward 140) from where the zero ramp got
+    c.tick(t)  # active: no zero ramp
+    assert c.command[0] == pytest.approx(partly)
+    c.on_frames(pred(seq, [140.0], t), t)
+    assert c.command[0] == pytest.approx(140.0)  # partly + one hop of rate
+
+
+def test_infinite_limits_or_rates_are_refused(uci_config):
+    from rt.controller import ControllerError
+
+    for key, value in (("rate", [float("inf")]), ("upper", [float("inf")]), ("lower", [-float("inf")])):
+        data = uci_config.to_dict()
+        data["controller"][key] = value
+        with pytest.raises(ControllerError, match=f"controller.{key} must be finite"):
+            Controller(parse_config(data))
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.lists(st.tuples(st.floats(-1e4, 1e4) | st.sampled_from([np.nan, np.inf]),
+                          st.sampled_from([0, 0, 0, F.GAP, F.WARMUP, F.FLAT]),
+                          st.floats(0.0, 0.1), st.integers(0, 3)), min_size=1, max_size=60),
+       st.sampled_from(["hold", "zero"]))
+def test_command_always_within_limits_and_rate(siat_config, seq, safe_mode):
+    """Preds, ticks (the watchdog and the zero ramp) in any order: every applied command is at
+    most rate x (time since the previous one, capped) away from it; active commands within the
+    limits; a held safe command never moves, a zeroing one only toward 0."""
+    cfg = siat_config
+    applied: list[tuple[float, np.ndarray]] = [(-np.inf, np.zeros(cfg.targets.n_targets))]
+    c = Controller(cfg, safe_mode=safe_mode, on_command=lambda t, v: applied.append((t, v.copy())))
+    lo, hi = lo_hi(cfg)
+    rate = np.asarray(cfg.controller.rate)
+    prev, prev_mode, t = c.command.copy(), c.mode, 0.0
+    for i, (x, fl, dt, ticks) in enumerate(seq):
         t += dt
         c.on_frames(pred(i, np.full(cfg.targets.n_targets, x), t, fl), t)
+        for k in range(ticks):
+            c.tick(t + (k + 1) * dt / max(ticks, 1))
         assert np.all(np.isfinite(c.command))
         if c.mode == ACTIVE:
             assert np.all(c.command >= lo) and np.all(c.command <= hi)
-            if prev_mode == ACTIVE:  # a step: at most rate x (time since the last applied command, capped)
-                bound = rate * min(t - t_applied, c.watchdog_s)
-                assert np.all(np.abs(c.command - prev) <= bound * (1 + 1e-12) + 1e-12)
-        t_applied = applied[-1] if applied else t_applied
-        if c.mode == SAFE and safe_mode == "hold":
-            np.testing.assert_array_equal(c.command, prev)
-        if c.mode != ACTIVE and prev_mode != ACTIVE:
-            np.testing.assert_array_equal(c.command, prev)
+        if c.mode == SAFE and prev_mode != ACTIVE:
+            if safe_mode == "hold":
+                np.testing.assert_array_equal(c.command, prev)
+            else:
+                assert np.all(np.abs(c.command) <= np.abs(prev)) and np.all(c.command * prev >= 0)
+        if c.mode == WAITING:
+            np.testing.assert_array_equal(c.command, 0.0)
+        t += dt
         prev, prev_mode = c.command.copy(), c.mode
+    for (ta, a), (tb, b) in zip(applied, applied[1:]):
+        bound = rate * min(tb - ta, c.watchdog_s)
+        assert np.all(np.abs(b - a) <= bound * (1 + 1e-12) + 1e-12)
+    np.testing.assert_array_equal(applied[-1][1], c.command)

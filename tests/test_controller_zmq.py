@@ -37,38 +37,52 @@ def _valid(pub: zmq.Socket, seq: int, value: float = 20.0) -> float:
     return now
 
 
-def test_run_controller_over_zeromq_goes_safe_when_preds_stop_and_logs_commands(uci_config):
+@pytest.mark.parametrize("safe_mode", ["hold", "zero"])
+def test_run_controller_over_zeromq_goes_safe_when_preds_stop_and_logs_commands(uci_config, safe_mode):
     cfg = uci_config
+    target = 20.0 if safe_mode == "hold" else 120.0  # "zero": four ramp steps of 30 degrees down
     pub = Publisher("tcp://127.0.0.1:*")
     out = io.StringIO()
     stop = threading.Event()
     box = {}
-    t = threading.Thread(target=lambda: box.setdefault("s", run_controller(cfg, pub.endpoint, stop=stop, jsonl=out)))
+    t = threading.Thread(target=lambda: box.setdefault(
+        "s", run_controller(cfg, pub.endpoint, stop=stop, jsonl=out, safe_mode=safe_mode)))
     t.start()
     hop_s = cfg.frontend.window.hop / cfg.stream.fs
     seq = after = 0
-    # publish until the controller has gone active (it subscribed), then 5 more; at twice the
-    # nominal rate, so only a scheduling hiccup of 75 ms could trip the 100 ms watchdog
-    while after < 5 and seq < 2000:
+    # publish until the controller has gone active (it subscribed), then 10 more (the ramp up
+    # to 120 takes 4); at twice the nominal rate, so only a scheduling hiccup of 75 ms could
+    # trip the 100 ms watchdog
+    while after < 10 and seq < 2000:
         now = pylsl.local_clock()
-        pub.send(schema.PRED, schema.encode_pred(seq, now, now, [20.0], 0, SESSION))
+        pub.send(schema.PRED, schema.encode_pred(seq, now, now, [target], 0, SESSION))
         seq += 1
         after += '"new": "active"' in out.getvalue()
         time.sleep(hop_s / 2)
-    time.sleep(10 * hop_s)  # silence: the watchdog must fire
+    time.sleep(20 * hop_s)  # silence: the watchdog must fire (and "zero" ramp down)
     stop.set()
     t.join(10)
     pub.close()
     events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [e["new"] for e in events if e["event"] == "mode"] == [ACTIVE, SAFE]
+    modes = [e for e in events if e["event"] == "mode"]
+    assert [e["new"] for e in modes] == [ACTIVE, SAFE]
     commands = [e for e in events if e["event"] == "command"]
     s = box["s"]
     assert events[-1]["event"] == "summary" and events[-1]["final_mode"] == SAFE
-    assert s.invalid == 0 and not s.refused and len(commands) == s.applied >= 5
+    assert s.invalid == 0 and not s.refused and len(commands) == s.applied >= 10
     rate = cfg.controller.rate[0]
-    assert commands[0]["values"] == [0.0] and commands[-1]["values"] == [20.0]  # a ramp from 0 to the target
-    assert all(b["t"] > a["t"] and 0 <= b["values"][0] - a["values"][0] <= rate * (b["t"] - a["t"]) * (1 + 1e-9)
-               for a, b in zip(commands, commands[1:]))  # at most rate x elapsed per command
+    t_safe = modes[1]["t"]
+    up = [e for e in commands if e["t"] < t_safe]
+    down = [e for e in commands if e["t"] >= t_safe]
+    assert up[0]["values"] == [0.0] and up[-1]["values"] == [target]  # a ramp from 0 to the target
+    assert all(b["t"] > a["t"] and abs(b["values"][0] - a["values"][0]) <= rate * (b["t"] - a["t"]) * (1 + 1e-9)
+               for a, b in zip(commands, commands[1:]))  # at most rate x elapsed per command, both ways
+    if safe_mode == "hold":
+        assert not down and s.command == [target]
+    else:  # the log shows the ramp to 0: several steps, each down, none before the transition's hop
+        assert len(down) >= 4 and down[-1]["values"] == [0.0] and s.command == [0.0]
+        assert down[0]["t"] - t_safe >= 0.99 * hop_s and target - down[0]["values"][0] <= rate * (down[0]["t"] - t_safe) * (1 + 1e-9)
+        assert all(0 <= a["values"][0] - b["values"][0] for a, b in zip(down, down[1:]))
 
 
 _STATUS = msgpack.unpackb(schema.encode_status(
