@@ -5,9 +5,9 @@ whether predictions may drive it. No single fault (a malformed, late, repeated o
 message, a flood, a restarted loop) may drive the command: it is refused and counted, and a
 refused ``pred`` puts an active controller in safe mode.
 
-Input. Every message is read a frame at a time (at most three frames kept, each frame bounded by
-``zmq.MAXMSGSIZE`` = the largest payload the config can produce, :func:`rt.schema.size_limits`)
-and decoded by :func:`rt.schema.decode_multipart`, which checks the frame count, the size per
+Input. Every message is read a frame at a time by :class:`rt.inbox.Inbox` (at most three frames
+kept, each frame bounded by ``zmq.MAXMSGSIZE`` = the largest payload the config can produce,
+:func:`rt.schema.size_limits`) and decoded by :func:`rt.schema.decode_multipart`, which checks the frame count, the size per
 topic, the types of every field and the number of values. A refused message is counted in
 ``summary.refused`` by reason (:data:`rt.schema.REASONS`, plus ``seq``, ``stale``, ``future`` and
 ``flags`` below) and logged at most once per second (a count by reason, and the last detail).
@@ -64,11 +64,11 @@ from typing import Any, Callable, TextIO
 import numpy as np
 import pylsl
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from kernels import flags as F
 from kernels.config import Config
 from rt import schema
+from rt.inbox import Inbox, open_sub
 
 log = logging.getLogger("exoloop.controller")
 
@@ -299,50 +299,6 @@ class Controller:
             self._last_apply_t = now  # the zero ramp starts here (tick), from the command as it is
 
 
-class _Inbox:
-    """One SUB socket read a frame at a time: a message's frame count costs no memory (three
-    frames are kept, enough to refuse it) and one drain is bounded in frames, not messages.
-
-    A frame over ``MAXMSGSIZE`` makes ZeroMQ drop the connection for good (a protocol error is
-    not retried), so a dropped connection is re-made here."""
-
-    def __init__(self, sock: zmq.Socket, endpoint: str):
-        self.sock = sock
-        self.endpoint = endpoint
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._frames: list[bytes] = []
-
-    def check_link(self, ctl: Controller, now: float) -> None:
-        if self._frames:  # mid-message: libzmq aborts if the pipe goes before the message's last frame
-            return
-        while True:
-            try:
-                recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.sock.disconnect(self.endpoint)
-            self.sock.connect(self.endpoint)
-            ctl.on_disconnect(self.endpoint, now)
-
-    def close(self) -> None:
-        self.sock.disable_monitor()
-        self._monitor.close(0)
-        self.sock.close(0)
-
-    def drain(self, ctl: Controller, max_frames: int, clock: Callable[[], float]) -> None:
-        for _ in range(max_frames):
-            try:
-                frame = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(self._frames) < 3:
-                self._frames.append(frame)
-            if self.sock.getsockopt(zmq.RCVMORE):
-                continue
-            frames, self._frames = self._frames, []
-            ctl.on_frames(frames, clock())
-
-
 def run_controller(config: Config, connect: str, connect_horizon: str | None = None, *,
                    safe_mode: str | None = None, duration: float | None = None,
                    stop: threading.Event | None = None, jsonl: TextIO | None = None) -> ControllerSummary:
@@ -363,27 +319,24 @@ def run_controller(config: Config, connect: str, connect_horizon: str | None = N
                      on_transition=lambda tr: emit({"event": "mode", **asdict(tr)}),
                      on_command=lambda t, v: emit({"event": "command", "t": t, "values": v.tolist()}))
     ctx = zmq.Context.instance()
-    inboxes: list[_Inbox] = []
+    inboxes: list[Inbox] = []
     poller = zmq.Poller()
+    clock = pylsl.local_clock
     try:
         for ep, topics in ((connect, (schema.PRED, schema.STATUS)), (connect_horizon, (schema.HORIZON,))):
             if ep is None:
                 continue
-            sock = ctx.socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, 1000)
-            sock.setsockopt(zmq.MAXMSGSIZE, max(ctl.limits[t] for t in topics))  # a larger frame: peer dropped
-            for t in topics:
-                sock.setsockopt(zmq.SUBSCRIBE, t)
             try:
-                sock.connect(ep)
+                inbox = open_sub(ctx, ep, topics, ctl.limits, rcvhwm=1000)
             except zmq.ZMQError as exc:
-                sock.close(0)
                 raise ControllerError(f"cannot connect to {ep!r} ({zmq.strerror(exc.errno)}); "
                                       "expected tcp://HOST:PORT or ipc://PATH") from exc
-            inboxes.append(_Inbox(sock, ep))
-            poller.register(sock, zmq.POLLIN)
-        clock = pylsl.local_clock
+            inboxes.append(inbox)
+            poller.register(inbox.sock, zmq.POLLIN)
+
+        def on_message(frames: list[bytes]) -> None:
+            ctl.on_frames(frames, clock())
+
         poll_ms = max(1, int(1e3 * ctl.watchdog_s / 4))
         end = clock() + duration if duration is not None else math.inf
         stop = stop or threading.Event()
@@ -391,8 +344,8 @@ def run_controller(config: Config, connect: str, connect_horizon: str | None = N
         while not stop.is_set() and clock() < end:
             poller.poll(poll_ms)
             for inbox in inboxes:
-                inbox.drain(ctl, DRAIN_FRAMES, clock)
-                inbox.check_link(ctl, clock())
+                inbox.drain(on_message, DRAIN_FRAMES)
+                inbox.check_link(lambda ep=inbox.endpoint: ctl.on_disconnect(ep, clock()))
             ctl.tick(clock())
     finally:
         for inbox in inboxes:

@@ -7,6 +7,13 @@ every target (one value per hop, dt = hop / fs; a ``seq`` gap leaves missing val
 steps from the last ``forecast.context_length`` values (+ the model's lags), mean and
 quantiles at ``forecast.quantile_levels``.
 
+Input is bounded and checked as the controller's is: the SUB socket's ``zmq.MAXMSGSIZE`` is
+the largest ``pred`` the config can produce (:func:`rt.schema.size_limits`), messages are read a
+frame at a time by :class:`rt.inbox.Inbox` (a connection ZeroMQ dropped for an oversize frame
+is re-made, counted in ``reconnects``) and decoded by :func:`rt.schema.decode_multipart` with the
+config's number of targets; a refused message is counted in ``bad_preds`` and, by reason
+(:data:`rt.schema.REASONS`), in ``refused``; the first refusal of each reason is printed.
+
 Latest-wins: a refresh always uses the newest values; refresh slots missed while computing are
 skipped (counted in ``skipped``), never queued. The publisher of ``pred`` is never blocked (a
 PUB socket drops rather than waits).
@@ -26,7 +33,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +44,7 @@ from kernels.config import Config, load_config
 from models.lagllama.checkpoint import load_checkpoint
 from models.lagllama.sampler import forecast
 from rt import schema
+from rt.inbox import Inbox, open_sub
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "models" / "lagllama-exoloop.ckpt"
 RCVHWM = 100_000  # pred messages buffered while a refresh runs (~45 min at 26 ms per hop)
@@ -96,6 +104,9 @@ class WorkerState:
     heartbeat: int = 0      # state reports sent
     progress: int = 0       # main-loop passes + decode steps done
     busy_ms: float = 0.0    # how long the refresh in progress has run (0 between refreshes)
+    # refused messages by reason (every key present from the start: the heartbeat thread copies it)
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(schema.REASONS, 0))
+    reconnects: int = 0     # connections re-made after ZeroMQ dropped one (a frame over MAXMSGSIZE)
 
 
 class Heartbeat:
@@ -132,7 +143,8 @@ class Heartbeat:
         fields = asdict(state)
         with self.lock:
             self.pub.send_multipart((schema.FORECASTER, schema.encode_forecaster(**fields)), flags=zmq.NOBLOCK)
-        self.log("forecaster: " + " ".join(f"{k}={v}" for k, v in fields.items() if k != "model"))
+        fields_shown = {**fields, "refused": ",".join(f"{k}:{n}" for k, n in fields["refused"].items() if n) or 0}
+        self.log("forecaster: " + " ".join(f"{k}={v}" for k, v in fields_shown.items() if k != "model"))
 
     def stop(self) -> None:
         """Stop the thread and send a last report."""
@@ -167,14 +179,10 @@ def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: s
             signal.signal(sig, lambda *_: stop.set())
 
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, RCVHWM)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, schema.PRED)
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
     try:
-        sub.connect(connect)
+        sub = open_sub(ctx, connect, (schema.PRED,), schema.size_limits(cfg), RCVHWM)
         pub.bind(publish)
     except zmq.ZMQError as exc:
         ctx.destroy(0)
@@ -198,7 +206,7 @@ def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: s
             # loop's subscribers' at each publish, on the cores the loop runs on.
             stop.wait(max(0.0, min(due, time.monotonic() + status_s) - time.monotonic()))
             state.progress += 1
-            last_t_src = _drain(sub, ring, state, len(names), last_t_src, log)
+            last_t_src = _drain(sub, ring, state, cfg, last_t_src, log)
             if time.monotonic() >= due:
                 if ring.last_seq is not None and ring.last_seq != used_seq:
                     t0 = time.perf_counter()
@@ -221,6 +229,7 @@ def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: s
                     break
     finally:
         heartbeat.stop()
+        sub.close()
         ctx.destroy(0)
     return state
 
@@ -229,27 +238,37 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def _drain(sub: zmq.Socket, ring: HistoryRing, state: WorkerState, n_targets: int, last_t_src: float,
+def _drain(sub: Inbox, ring: HistoryRing, state: WorkerState, cfg: Config, last_t_src: float,
            log: Callable[[str], None]) -> float:
-    """Read every queued ``pred`` into the ring; returns the newest t_src."""
-    while True:
+    """Read every queued message, each valid ``pred`` into the ring (the rest counted, module
+    doc); re-make a dropped connection; returns the newest t_src."""
+    limits, n_targets = schema.size_limits(cfg), cfg.targets.n_targets
+    newest = last_t_src
+
+    def on_message(frames: list[bytes]) -> None:
+        nonlocal newest
         try:
-            topic, payload = sub.recv_multipart(flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return last_t_src
-        try:
-            msg = schema.decode(topic, payload)
-            values = np.asarray(msg["values"], dtype=np.float32)
-            if values.shape != (n_targets,):
-                raise schema.SchemaError(f"pred has {values.size} values, config has {n_targets} targets")
+            topic, msg = schema.decode_multipart(frames, limits=limits, n_targets=n_targets)
+            if topic != schema.PRED:
+                raise schema.SchemaError(f"{topic.decode()} is not the forecaster's topic", "topic")
         except schema.SchemaError as exc:
-            if state.bad_preds == 0:
-                log(f"forecaster: ignoring bad pred message: {exc}")
+            if state.refused[exc.reason] == 0:
+                log(f"forecaster: ignoring bad pred message ({exc.reason}): {exc}")
+            state.refused[exc.reason] += 1
             state.bad_preds += 1
-            continue
-        ring.push(int(msg["seq"]), values)
+            return
+        ring.push(msg["seq"], np.asarray(msg["values"], dtype=np.float32))
         state.preds += 1
-        last_t_src = float(msg["t_src"])
+        newest = msg["t_src"]
+
+    def on_drop() -> None:
+        if state.reconnects == 0:
+            log(f"forecaster: connection to {sub.endpoint} dropped (a frame over MAXMSGSIZE?), re-made")
+        state.reconnects += 1
+
+    sub.drain(on_message)
+    sub.check_link(on_drop)
+    return newest
 
 
 def spawn(connect: str, publish: str, config_path: str | Path, checkpoint: str | Path | None = None):

@@ -18,7 +18,8 @@ import pytest
 import zmq
 
 from rt import schema
-from rt.controller import ACTIVE, SAFE, Controller, _Inbox, run_controller
+from rt.controller import ACTIVE, SAFE, Controller, run_controller
+from rt.inbox import Inbox
 from rt.publish import Publisher
 
 PY = [sys.executable, "-m", "rt.cli"]
@@ -182,22 +183,26 @@ def test_one_drain_reads_at_most_max_frames_and_a_long_message_spans_drains(uci_
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(ep)
-    inbox = _Inbox(sub, ep)
+    inbox = Inbox(sub, ep)
     ctl = Controller(uci_config)
+
+    def on_message(frames: list[bytes]) -> None:
+        ctl.on_frames(frames, pylsl.local_clock())
+
     try:
         while not sub.poll(20):  # until the subscription has reached the publisher
             pub.send_multipart([b"status", b"\xc1"])
         for _ in range(500):  # drain what the handshake loop queued
-            inbox.drain(ctl, 1000, pylsl.local_clock)
+            inbox.drain(on_message, 1000)
         before = dict(ctl.summary.refused)
         pub.send_multipart([b"status"] + [b"f"] * 449)  # 450 frames
         pub.send_multipart([b"status", b"\xc1"])
         assert sub.poll(2000)
         time.sleep(0.1)  # the second message follows the first on the same connection
-        inbox.drain(ctl, 200, pylsl.local_clock)
-        inbox.drain(ctl, 200, pylsl.local_clock)
+        inbox.drain(on_message, 200)
+        inbox.drain(on_message, 200)
         assert ctl.summary.refused == before  # 400 frames read, the long message not finished yet
-        inbox.drain(ctl, 200, pylsl.local_clock)
+        inbox.drain(on_message, 200)
         assert ctl.summary.refused["frames"] == before.get("frames", 0) + 1
         assert ctl.summary.refused["msgpack"] == before["msgpack"] + 1  # the next message, whole
     finally:

@@ -137,6 +137,91 @@ def test_worker_process_publishes_horizons_and_dies_without_blocking_us(tmp_path
         ctx.destroy(0)
 
 
+def test_worker_refuses_oversize_and_garbage_preds_and_keeps_forecasting(tmp_path: Path) -> None:
+    """A real PUB sends garbage on the pred topic and a message over the worker's MAXMSGSIZE (the
+    largest pred the config can produce): each garbage message is refused and counted by reason,
+    the oversize one drops the connection (never read whole), which the worker re-makes; then a
+    valid stream still gives horizons."""
+    import msgpack
+
+    cfg_path = _config(tmp_path, interval_s=0.1)
+    cfg = load_config(cfg_path)
+    ckpt = save_checkpoint(tmp_path / "tiny.ckpt", new_model("tiny", seed=1))
+    pred_ep, horizon_ep = f"ipc://{tmp_path}/pred", f"ipc://{tmp_path}/horizon"
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(pred_ep)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (schema.HORIZON, schema.FORECASTER):
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect(horizon_ep)
+    proc = subprocess.Popen([sys.executable, "-m", "rt.cli", "forecast", "serve", "--connect", pred_ep,
+                             "--publish", horizon_ep, "--config", str(cfg_path), "--checkpoint", str(ckpt),
+                             "--threads", "1", "--status-s", "0.2"],
+                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    horizons: list[dict] = []
+    states: list[dict] = [{"preds": 0, "refused": {}, "reconnects": 0}]
+    seq = 0
+
+    def feed(done, what: str, timeout: float = 60) -> None:
+        nonlocal seq
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, f"{what} not within {timeout} s; last state {states[-1]}"
+            t = 1000.0 + seq * 0.05
+            pub.send_multipart((schema.PRED, schema.encode_pred(seq, t, t, [40 + 20 * np.sin(seq / 4)], 0)),
+                               flags=zmq.NOBLOCK)
+            seq += 1
+            while sub.poll(10):
+                topic, payload = sub.recv_multipart()
+                (horizons if topic == schema.HORIZON else states).append(schema.decode(topic, payload))
+
+    limit = schema.size_limits(cfg)[schema.PRED]
+    good = msgpack.unpackb(schema.encode_pred(0, 1.0, 1.0, [1.0], 0))
+    garbage = [
+        [schema.PRED, b"\xc1"],  # not msgpack
+        [schema.PRED],  # one frame
+        [schema.PRED, schema.encode_pred(1, 1.0, 1.0, [1.0], 0), b"tail"] + [b"f"] * 500,  # 503 frames
+        [schema.PRED, schema.encode_pred(1, 1.0, 1.0, [1.0, 2.0], 0)],  # two values, the config has one target
+        [schema.PRED, msgpack.packb({**good, "seq": "1"})],  # a str seq
+        [schema.PRED, msgpack.packb({**good, "values": [float("nan")]})],
+        [b"predator", b""],  # passes the SUB filter, not a topic
+    ]
+    try:
+        feed(lambda: len(horizons) >= 2 and states[-1]["preds"] > 0, "the first horizons")
+        for frames in garbage:
+            pub.send_multipart(frames)
+        feed(lambda: sum(states[-1]["refused"].values()) >= len(garbage), "the garbage counted")
+        refused = {k: n for k, n in states[-1]["refused"].items() if n}
+        assert refused == {"msgpack": 1, "frames": 2, "values": 2, "type": 1, "topic": 1}, refused
+        assert states[-1]["bad_preds"] == len(garbage) and states[-1]["reconnects"] == 0
+        pub.send_multipart([schema.PRED, b"\0" * (limit + 1)])  # over MAXMSGSIZE: the connection drops
+        pub.send_multipart([schema.PRED, b"\0" * (64 << 20)])  # 64 MiB: never read whole
+        feed(lambda: states[-1]["reconnects"] >= 1, "the dropped connection re-made")
+        n_h, n_preds = len(horizons), states[-1]["preds"]
+        feed(lambda: len(horizons) >= n_h + 3 and states[-1]["preds"] > n_preds + 10, "horizons after the faults")
+        assert states[-1]["bad_preds"] == len(garbage)  # the oversize ones were never decoded
+        h = horizons[-1]
+        assert np.isfinite(np.array(h["quantiles"])).all() and h["t_src"] >= 1000.0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out = proc.stdout.read().decode()
+        proc.stdout.close()
+        ctx.destroy(0)
+    assert rc == 0 and "Traceback" not in out, out[-3000:]
+    assert "ignoring bad pred message (msgpack)" in out and "dropped" in out
+
+
 def test_worker_refuses_bad_checkpoint(tmp_path: Path) -> None:
     from models.lagllama.checkpoint import CheckpointError
     from rt.forecast_worker import serve
