@@ -200,8 +200,18 @@ class XLSTMRegressor(Regressor):
         return self.head(y), state
 
 
+#: Floor on the mLSTM input-gate pre-activation in :func:`_mlstm_forward`. The package's
+#: ``chunkwise_simple`` bounds its normaliser below by ``exp(-stab)`` with ``stab >= i`` (the
+#: input-gate pre-activation); once every ``i`` of a chunk is below ~-88 that exp overflows
+#: float32 and its backward is ``0 * inf = NaN``, which wiped one LOSO fold's weights (issue 12).
+#: At ``i = -80`` the gate ``exp(i)`` is 1.8e-35, i.e. already closed: the forward is unchanged
+#: to float precision, and every ``exp`` in the chunk stays finite.
+IGATE_FLOOR = -80.0
+
+
 def _mlstm_forward(layer: mLSTMLayer, x: torch.Tensor, st: BlockState) -> tuple[torch.Tensor, BlockState]:
-    """The package's ``mLSTMLayer.forward`` with a carried state (its ``chunkwise_simple`` backend)."""
+    """The package's ``mLSTMLayer.forward`` with a carried state (its ``chunkwise_simple`` backend;
+    input-gate pre-activation floored at :data:`IGATE_FLOOR`)."""
     B, S, _ = x.shape
     cfg = layer.config
     x_mlstm, z = torch.split(layer.proj_up(x), cfg._inner_embedding_dim, dim=-1)
@@ -217,7 +227,7 @@ def _mlstm_forward(layer: mLSTMLayer, x: torch.Tensor, st: BlockState) -> tuple[
 
     h, (C, n, m) = chunkwise_simple(
         heads(q), heads(k), heads(v),
-        cell.igate(gates_in).transpose(1, 2), cell.fgate(gates_in).transpose(1, 2),
+        cell.igate(gates_in).clamp(min=IGATE_FLOOR).transpose(1, 2), cell.fgate(gates_in).transpose(1, 2),
         initial_C=st["C"], initial_n=st["n"], initial_m=st["m"],
         chunk_size=S, return_last_state=True,
     )
