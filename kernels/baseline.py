@@ -72,13 +72,15 @@ def remove_running_mean(
 
 
 class RunningMean:
-    """Per-channel state around :func:`remove_running_mean`."""
+    """Per-channel state around :func:`remove_running_mean` (``enabled=False``: the identity)."""
 
     def __init__(self, n_channels: int, tau_s: float, fs: float, enabled: bool = True) -> None:
         self.enabled = enabled
         self.alpha = running_mean_alpha(tau_s, fs) if enabled else 0.0
         self.mean = np.zeros(n_channels)
         self.seeded = np.zeros(n_channels, dtype=np.uint8)
+        #: the kernel's ``(alpha, mean, seeded)``, for a fused kernel that calls it
+        self.args = (self.alpha, self.mean, self.seeded)
         self._all_rows = np.zeros(n_channels, dtype=np.int64)
         self.reset()
 

@@ -140,18 +140,23 @@ class FeatureWindows:
         self.thresholds = np.ascontiguousarray(np.broadcast_to(thr.reshape(3, -1), (3, n_channels)))
         self.ring = np.zeros((n_channels, 2 * length))
         self.count = np.zeros(1, dtype=np.int64)
-        self._grow(max_chunk)
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.reserve(max_chunk)
 
-    def _grow(self, n: int) -> None:
+    def reserve(self, n: int) -> None:
+        """Room for the frames of a chunk of ``n`` samples (grows once; never shrinks)."""
         k = frames_for(n, self.hop)
+        if k <= self.rows.shape[0]:
+            return
         self.feats = np.zeros((k, N_PER_CHANNEL * self.n_channels))
         self.rows = np.zeros(k, dtype=np.int64)
+        #: :func:`push_windows`' ``(ring, count, hop, thr, feats, rows)``, for a fused kernel
+        self.args = (self.ring, self.count, self.hop, self.thresholds, self.feats, self.rows)
 
     def process(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Push ``x`` float64[n, C]; return views ``(features float64[k, 6C], rows int64[k])``."""
-        if frames_for(x.shape[0], self.hop) > self.rows.shape[0]:
-            self._grow(x.shape[0])
-        k = push_windows(x, self.ring, self.count, self.hop, self.thresholds, self.feats, self.rows)
+        self.reserve(x.shape[0])
+        k = push_windows(x, *self.args)
         return self.feats[:k], self.rows[:k]
 
     def reset(self) -> None:

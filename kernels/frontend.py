@@ -28,14 +28,14 @@ from numba import njit
 
 from kernels import flags as fl
 from kernels import baseline
-from kernels.baseline import remove_running_mean, running_mean_alpha
+from kernels.baseline import RunningMean, remove_running_mean
 from kernels.config import Config
 from kernels.features import feature_names as _feature_names
-from kernels.features import FEATURES, N_PER_CHANNEL, channel_thresholds, frames_for, push_windows
+from kernels.features import FEATURES, N_PER_CHANNEL, FeatureWindows, channel_thresholds, frames_for, push_windows
 from kernels import iir
-from kernels.iir import design_sos, settling_samples, sos_filter
+from kernels.iir import SosFilter, design_sos, settling_samples, sos_filter
 from kernels.normalize import NormStats, feature_range, scale_features
-from kernels.sanitize import inspect_chunk
+from kernels.sanitize import Inspector, inspect_chunk
 from kernels.wavelet import StreamingWaveletDenoiser
 
 #: Row flags that mark every frame whose window plus the chain's settling span contains the row.
@@ -65,16 +65,16 @@ class Frames(NamedTuple):
 
 
 @njit(cache=True)
-def _stage_in(
-    raw, t, saturation, max_step, period, flat_len, floor_sum, held, seen, run, last_t, steps, level, pos,
-    alpha, mean, seeded, inv_scale, out, t_out, start, row_flags,
-):  # fmt: skip
+def _stage_in(raw, t, inspection, running_mean, inv_scale, out, t_out, row_flags):
     """Inspection → baseline removal → max-abs scaling, into ``out`` float64[n, C].
 
-    Returns the rows done: all, or those before the first time jump (the caller restarts there).
+    ``inspection``: ``(limits, state, start)`` of an :class:`~kernels.sanitize.Inspector`;
+    ``running_mean``: :attr:`RunningMean.args <kernels.baseline.RunningMean>`. Returns the rows
+    done: all, or those before the first time jump (the caller restarts there).
     """
-    m = inspect_chunk(raw, t, saturation, max_step, period, flat_len, floor_sum, held, seen, run, last_t,
-                      steps, level, pos, out, t_out, start, row_flags)  # fmt: skip
+    limits, state, start = inspection
+    m = inspect_chunk(raw, t, limits, state, out, t_out, start, row_flags)
+    alpha, mean, seeded = running_mean
     remove_running_mean(out[:m], alpha, mean, seeded, start, out[:m])
     n_ch = out.shape[1]
     for i in range(m):
@@ -84,19 +84,22 @@ def _stage_in(
 
 
 @njit(cache=True)
-def _stage_out(
-    x, x_row, sos, sos_state, ring, count, hop, thr, feats, rows,
-    row_flags, t_in, base_row, last_row, span, warmup_rows, lo, hi, ood_limit, pending, j0,
-    out_t, out_features, out_flags,
-):  # fmt: skip
+def _stage_out(x, x_row, bandpass, windows, scaling, flagging, row_flags, t_in, base_row, j0, frames):
     """Band-pass → windows → features → scaling → frame flags; returns the number of frames.
 
     ``x`` float64[m, C]: the rows of the signal stream ``x_row .. x_row + m - 1``; ``row_flags``
     and ``t_in`` [n]: the input rows ``base_row .. base_row + n - 1`` of this chunk. A frame's
     newest row must be one of these input rows (the denoiser's blocks end on frame rows).
-    Frames are written from index ``j0`` of ``out_*``; ``pending`` uint32[1]: bits for the next
-    frame (RESTART), cleared once given.
+    ``bandpass``, ``windows``: the ``args`` of a :class:`~kernels.iir.SosFilter` and a
+    :class:`~kernels.features.FeatureWindows`; ``scaling``: ``(feature_lo, feature_hi)``;
+    ``flagging``: :attr:`FrameFlagger.args`. Frames are written from index ``j0`` of
+    ``frames`` = ``(t, features, flags)``.
     """
+    sos, sos_state = bandpass
+    ring, count, hop, thr, feats, rows = windows
+    lo, hi = scaling
+    last_row, pending, span, warmup_rows, ood_limit = flagging
+    out_t, out_features, out_flags = frames
     sos_filter(x, sos, sos_state, x)
     k = push_windows(x, ring, count, hop, thr, feats, rows)
     scale_features(feats[:k], lo, hi, out_features[j0 : j0 + k])
@@ -130,6 +133,36 @@ def _stage_out(
     return k
 
 
+class FrameFlagger:
+    """The frame-flag stage's state: which bad rows a frame's span still holds, and bits pending.
+
+    A frame carries a row's GAP/NONFINITE/NONMONOTONIC/SATURATION bit while the row is among its
+    last ``span`` input rows, WARMUP while its newest row (since reset) is below ``warmup_rows``,
+    OUT_OF_DOMAIN when a scaled feature exceeds :data:`OOD_LIMIT`. ``last_row`` int64[4]: the
+    newest input row with each of :data:`WINDOW_BITS`; ``pending`` uint32[1]: bits for the next
+    frame (RESTART), cleared once given.
+    """
+
+    def __init__(self, span: int, warmup_rows: int) -> None:
+        self.span, self.warmup_rows = int(span), int(warmup_rows)
+        self.last_row = np.zeros(len(WINDOW_BITS), dtype=np.int64)
+        self.pending = np.zeros(1, dtype=np.uint32)
+        #: ``(last_row, pending, span, warmup_rows, ood_limit)`` for :func:`_stage_out`
+        self.args = (self.last_row, self.pending, self.span, self.warmup_rows, OOD_LIMIT)
+        self.reset()
+
+    def reset(self) -> None:
+        """No bad row seen, nothing pending."""
+        self.last_row[:] = -(1 << 62)
+        self.pending[:] = 0
+
+    def restart(self) -> None:
+        """The next frames carry GAP for ``span`` rows, the first of them RESTART."""
+        self.reset()
+        self.last_row[_GAP_INDEX] = 0
+        self.pending[0] = fl.RESTART
+
+
 def _make_denoiser(config: Config):
     w = config.frontend.wavelet
     if not w.enabled:
@@ -139,11 +172,28 @@ def _make_denoiser(config: Config):
                                     win.hop, block_end=(win.length - 1) % win.hop)  # fmt: skip
 
 
+def _make_inspector(config: Config, level_floor: np.ndarray) -> Inspector:
+    s, length = config.stream, config.frontend.window.length
+    return Inspector(s.n_channels, s.saturation, s.gap_factor / s.fs, 1.0 / s.fs, length,
+                     level_floor * (length - 1))  # fmt: skip
+
+
+def _make_running_mean(config: Config) -> RunningMean:
+    s, b = config.stream, config.frontend.baseline
+    return RunningMean(s.n_channels, b.tau_s, s.fs, enabled=b.method == "running_mean")
+
+
 class FrontEnd:
     """Streaming front end for one stream described by ``config``.
 
     ``stats`` are the frozen normalisation statistics (``None``: identity, used when fitting).
     ``max_chunk`` (samples) sizes the preallocated buffers; a longer chunk grows them once.
+
+    It composes the stage objects, each owning its state and ``reset()``: ``inspector``
+    (:class:`~kernels.sanitize.Inspector`), ``baseline`` (:class:`~kernels.baseline.RunningMean`),
+    ``wavelet`` (:class:`~kernels.wavelet.StreamingWaveletDenoiser` or ``None``), ``bandpass``
+    (:class:`~kernels.iir.SosFilter`), ``windows`` (:class:`~kernels.features.FeatureWindows`),
+    ``flagger`` (:class:`FrameFlagger`); the fused kernels receive the stages' arrays.
     """
 
     def __init__(self, config: Config, stats: NormStats | None = None, max_chunk: int | None = None) -> None:
@@ -153,23 +203,21 @@ class FrontEnd:
         self.stats = NormStats.identity(config) if stats is None else NormStats.from_dict(stats.to_dict(), config)
         self.feature_names: list[str] = _feature_names(s.channels)
         self.n_features = len(self.feature_names)
-
-        self._saturation = float(s.saturation)
-        self._period = 1.0 / s.fs
-        self._max_step = s.gap_factor / s.fs
-        self._flat_len = int(fe.window.length)
-        self._alpha = running_mean_alpha(fe.baseline.tau_s, s.fs) if fe.baseline.method == "running_mean" else 0.0
-        self._floor_sum = self.stats.level_floor * (fe.window.length - 1)
-        self._inv_scale = 1.0 / self.stats.signal_maxabs
-        self._lo = self.stats.feature_lo.copy()
-        self._hi = self.stats.feature_hi.copy()
-        notch = fe.notch.freq_hz if fe.notch.enabled else None
-        self.sos = design_sos(s.fs, fe.bandpass.low_hz, fe.bandpass.high_hz, fe.bandpass.order, notch, fe.notch.q)
-        self.wavelet = _make_denoiser(config)
         self.hop = int(fe.window.hop)
         self.length = int(fe.window.length)
-        #: per-channel count thresholds float64[3, C] (zc, ssc, wamp) on the scaled, band-passed signal
-        self.thresholds = channel_thresholds(fe.features, self.stats.signal_step)
+
+        self.inspector = _make_inspector(config, self.stats.level_floor)
+        self.baseline = _make_running_mean(config)
+        insp = self.inspector
+        self._stage_in_args = ((insp.limits, insp.state, insp.start), self.baseline.args, 1.0 / self.stats.signal_maxabs)
+        self.wavelet = _make_denoiser(config)
+        notch = fe.notch.freq_hz if fe.notch.enabled else None
+        self.bandpass = SosFilter(design_sos(s.fs, fe.bandpass.low_hz, fe.bandpass.high_hz, fe.bandpass.order,
+                                             notch, fe.notch.q), s.n_channels)  # fmt: skip
+        # per-channel count thresholds float64[3, C] (zc, ssc, wamp) on the scaled, band-passed signal
+        self.windows = FeatureWindows(s.n_channels, self.length, self.hop,
+                                      channel_thresholds(fe.features, self.stats.signal_step), max_chunk=1)  # fmt: skip
+        self._scaling = (self.stats.feature_lo.copy(), self.stats.feature_hi.copy())
 
         #: algorithmic delay of the chain (samples): the denoiser's lookahead. Frame ``t`` is the
         #: newest input sample's time; the newest signal sample in its window is this many
@@ -180,36 +228,21 @@ class FrontEnd:
         #: baseline (its mean's memory), denoiser (an input row reaches output rows up to
         #: lookahead + (2**level - 1)(filter length - 1) later), band-pass (impulse-response decay).
         self.settle_samples: int = (
-            baseline.decay_samples(self._alpha, SETTLE_TOL)
+            baseline.decay_samples(self.baseline.alpha, SETTLE_TOL)
             + (self.delay_samples + self.wavelet.exact_lookahead if self.wavelet is not None else 0)
-            + iir.decay_samples(self.sos, SETTLE_TOL)
+            + iir.decay_samples(self.bandpass.sos, SETTLE_TOL)
         )
         #: a frame carries a row's GAP/NONFINITE/NONMONOTONIC/SATURATION bit while the row is among
         #: its last ``span_samples`` input rows: the window plus the settling span.
         self.span_samples: int = self.length + self.settle_samples
-        baseline_rows = int(np.ceil(fe.baseline.tau_s * s.fs)) if fe.baseline.method == "running_mean" else 0
+        baseline_rows = int(np.ceil(fe.baseline.tau_s * s.fs)) if self.baseline.enabled else 0
         #: frames whose newest input row index (since reset or restart) is below this are WARMUP.
-        self.warmup_samples: int = max(self.delay_samples + max(baseline_rows, settling_samples(self.sos)) + self.length,
-                                       self.span_samples)  # fmt: skip
+        self.warmup_samples: int = max(self.delay_samples + max(baseline_rows, settling_samples(self.bandpass.sos))
+                                       + self.length, self.span_samples)  # fmt: skip
+        self.flagger = FrameFlagger(self.span_samples, self.warmup_samples)
         #: times the front end restarted itself or was restarted (:meth:`restart`).
         self.restarts = 0
 
-        c = self.n_channels
-        self._held = np.zeros(c)
-        self._seen = np.zeros(c, dtype=np.uint8)
-        self._run = np.zeros(c, dtype=np.int64)
-        self._last_t = np.full(1, np.nan)
-        self._steps = np.zeros((self.length - 1, c))
-        self._level = np.zeros(c)
-        self._pos = np.zeros(2, dtype=np.int64)
-        self._pending = np.zeros(1, dtype=np.uint32)
-        self._mean = np.zeros(c)
-        self._seeded = np.zeros(c, dtype=np.uint8)
-        self._start = np.zeros(c, dtype=np.int64)
-        self._sos_state = np.zeros((self.sos.shape[0], 2, c))
-        self._ring = np.zeros((c, 2 * self.length))
-        self._count = np.zeros(1, dtype=np.int64)
-        self._last_row = np.zeros(len(WINDOW_BITS), dtype=np.int64)
         self._rows_seen = 0
         self._rows_out = 0  # rows of the (denoised) signal stream handed to the band-pass so far
         self._capacity = 0
@@ -227,11 +260,8 @@ class FrontEnd:
         self._a = np.zeros((n, c))
         self._b = np.zeros((n + self.hop, c))  # the denoiser may emit up to n + hop - 1 rows
         self._row_flags = np.zeros(n, dtype=np.uint32)
-        self._feats = np.zeros((k, self.n_features))
-        self._rows = np.zeros(k, dtype=np.int64)
-        self._out_t = np.zeros(k)
-        self._out_features = np.zeros((k, self.n_features), dtype=np.float32)
-        self._out_flags = np.zeros(k, dtype=np.uint32)
+        self.windows.reserve(n + self.hop)
+        self._frames = (np.zeros(k), np.zeros((k, self.n_features), dtype=np.float32), np.zeros(k, dtype=np.uint32))
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -246,25 +276,25 @@ class FrontEnd:
         n = samples.shape[0]
         i0 = k = 0
         while True:  # once, unless the chunk holds a time jump: then restart at each jump row
-            m = self._inspect(timestamps, samples, i0)
+            m = _stage_in(samples[i0:], timestamps[i0:], *self._stage_in_args, self._a[i0:n], self._t_out[i0:n],
+                          self._row_flags[i0:n])  # fmt: skip
             a = self._a[i0 : i0 + m]
             if self.wavelet is not None:
                 a = self._b[: self.wavelet.process(a, self._b)]
-            k += _stage_out(a, self._rows_out, self.sos, self._sos_state, self._ring, self._count, self.hop,
-                            self.thresholds, self._feats, self._rows, self._row_flags[i0 : i0 + m],
-                            self._t_out[i0 : i0 + m], self._rows_seen, self._last_row, self.span_samples,
-                            self.warmup_samples, self._lo, self._hi, OOD_LIMIT, self._pending, k,
-                            self._out_t, self._out_features, self._out_flags)  # fmt: skip
+            k += _stage_out(a, self._rows_out, self.bandpass.args, self.windows.args, self._scaling,
+                            self.flagger.args, self._row_flags[i0 : i0 + m], self._t_out[i0 : i0 + m],
+                            self._rows_seen, k, self._frames)  # fmt: skip
             self._rows_seen += m
             self._rows_out += a.shape[0]
             i0 += m
             if i0 >= n:
-                return Frames(self._out_t[:k], self._out_features[:k], self._out_flags[:k])
+                t, features, flags = self._frames
+                return Frames(t[:k], features[:k], flags[:k])
             self.restart()
 
     def _conform(self, timestamps: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Check a chunk; float32 C-contiguous samples and float64 timestamps (copied into buffers if not)."""
-        n = self._check(timestamps, samples)
+        n = check_chunk(self.config, timestamps, samples)
         if n > self._capacity:
             self._grow(n)
         if samples.dtype != np.float32 or not samples.flags.c_contiguous:
@@ -275,36 +305,17 @@ class FrontEnd:
             timestamps = self._t[:n]
         return timestamps, samples
 
-    def _inspect(self, timestamps: np.ndarray, samples: np.ndarray, i0: int) -> int:
-        """Stages 1–3 of rows ``i0..`` into ``_a``, ``_t_out``, ``_row_flags`` (same rows); returns
-        the rows done (up to the next time jump)."""
-        n = samples.shape[0]
-        return _stage_in(samples[i0:], timestamps[i0:], self._saturation, self._max_step, self._period,
-                         self._flat_len, self._floor_sum, self._held, self._seen, self._run, self._last_t,
-                         self._steps, self._level, self._pos, self._alpha, self._mean, self._seeded,
-                         self._inv_scale, self._a[i0:n], self._t_out[i0:n], self._start,
-                         self._row_flags[i0:n])  # fmt: skip
-
     def reset(self) -> None:
         """Back to the state of a fresh object (all filters at rest, no samples seen)."""
-        self._held[:] = 0.0
-        self._seen[:] = 0
-        self._run[:] = 0
-        self._last_t[:] = np.nan
-        self._steps[:] = 0.0
-        self._level[:] = 0.0
-        self._pos[:] = 0
-        self._pending[:] = 0
-        self._mean[:] = 0.0
-        self._seeded[:] = 0 if self._alpha > 0 else 1
-        self._sos_state[:] = 0.0
-        self._ring[:] = 0.0
-        self._count[:] = 0
-        self._last_row[:] = -(1 << 62)
-        self._rows_seen = 0
-        self._rows_out = 0
+        self.inspector.reset()
+        self.baseline.reset()
         if self.wavelet is not None:
             self.wavelet.reset()
+        self.bandpass.reset()
+        self.windows.reset()
+        self.flagger.reset()
+        self._rows_seen = 0
+        self._rows_out = 0
 
     def restart(self) -> None:
         """The stream was interrupted (a time jump, done by :meth:`push` itself, or a reconnect,
@@ -312,8 +323,7 @@ class FrontEnd:
         and WARMUP for ``warmup_samples``, and the first of them RESTART (so the caller resets
         whatever state it keeps per frame, e.g. a recurrent model)."""
         self.reset()
-        self._last_row[_GAP_INDEX] = 0
-        self._pending[0] = fl.RESTART
+        self.flagger.restart()
         self.restarts += 1
 
     def warmup(self) -> None:
@@ -321,36 +331,35 @@ class FrontEnd:
         if self.wavelet is not None:
             self.wavelet.warmup()
         n = self.length + self.hop
-        self.push(np.arange(n) * self._period, np.zeros((n, self.n_channels), dtype=np.float32))
+        self.push(np.arange(n) * self.inspector.period, np.zeros((n, self.n_channels), dtype=np.float32))
         self.reset()
 
-    # -- input checks -------------------------------------------------------------------------
 
-    def _check(self, timestamps: np.ndarray, samples: np.ndarray) -> int:
-        """Validate a chunk's types and shapes; return its length."""
-        c = self.n_channels
-        if not isinstance(samples, np.ndarray):
-            raise ValueError(f"samples: expected a numpy array float32[n, {c}], got {type(samples).__name__}")
-        if not isinstance(timestamps, np.ndarray):
-            raise ValueError(f"timestamps: expected a numpy array float64[n], got {type(timestamps).__name__}")
-        if samples.ndim != 2:
-            raise ValueError(f"samples: expected 2-D float32[n, {c}], got shape {samples.shape}")
-        if samples.shape[1] != c:
-            raise ValueError(
-                f"samples: expected {c} channels ({', '.join(self.config.stream.channels)}) for config "
-                f"{self.config.profile.name!r}, got {samples.shape[1]}"
-            )
-        if samples.dtype.kind != "f":
-            raise ValueError(f"samples: expected dtype float32, got {samples.dtype}")
-        if timestamps.ndim != 1:
-            raise ValueError(f"timestamps: expected 1-D float64[n], got shape {timestamps.shape}")
-        if timestamps.dtype.kind != "f":
-            raise ValueError(f"timestamps: expected dtype float64, got {timestamps.dtype}")
-        if timestamps.shape[0] != samples.shape[0]:
-            raise ValueError(
-                f"timestamps/samples: lengths differ ({timestamps.shape[0]} timestamps, {samples.shape[0]} samples)"
-            )
-        return samples.shape[0]
+def check_chunk(config: Config, timestamps: np.ndarray, samples: np.ndarray) -> int:
+    """Validate a chunk's types and shapes against ``config``'s stream; return its length."""
+    c = config.stream.n_channels
+    if not isinstance(samples, np.ndarray):
+        raise ValueError(f"samples: expected a numpy array float32[n, {c}], got {type(samples).__name__}")
+    if not isinstance(timestamps, np.ndarray):
+        raise ValueError(f"timestamps: expected a numpy array float64[n], got {type(timestamps).__name__}")
+    if samples.ndim != 2:
+        raise ValueError(f"samples: expected 2-D float32[n, {c}], got shape {samples.shape}")
+    if samples.shape[1] != c:
+        raise ValueError(
+            f"samples: expected {c} channels ({', '.join(config.stream.channels)}) for config "
+            f"{config.profile.name!r}, got {samples.shape[1]}"
+        )
+    if samples.dtype.kind != "f":
+        raise ValueError(f"samples: expected dtype float32, got {samples.dtype}")
+    if timestamps.ndim != 1:
+        raise ValueError(f"timestamps: expected 1-D float64[n], got shape {timestamps.shape}")
+    if timestamps.dtype.kind != "f":
+        raise ValueError(f"timestamps: expected dtype float64, got {timestamps.dtype}")
+    if timestamps.shape[0] != samples.shape[0]:
+        raise ValueError(
+            f"timestamps/samples: lengths differ ({timestamps.shape[0]} timestamps, {samples.shape[0]} samples)"
+        )
+    return samples.shape[0]
 
 
 def run_offline(frontend: FrontEnd, timestamps: np.ndarray, samples: np.ndarray, chunk: int = 64,
@@ -392,31 +401,38 @@ def fit_signal_levels(config: Config, recordings: Iterable[tuple[np.ndarray, np.
     kernel's own mean raw |x[i] - x[i-1]| over ``length`` rows, read at every hop) over windows
     with no held, flat or time-flagged row.
     """
-    fe = FrontEnd(config, None)
-    hop, length = fe.hop, fe.length
-    peak = np.zeros(config.stream.n_channels)
+    c, hop, length = config.stream.n_channels, config.frontend.window.hop, config.frontend.window.length
+    inspector, mean = _make_inspector(config, np.zeros(c)), _make_running_mean(config)
+    y, t_out, row_flags = np.zeros((hop, c)), np.zeros(hop), np.zeros(hop, dtype=np.uint32)
+    peak = np.zeros(c)
     levels = []
     for t, x in recordings:
-        fe.reset()
+        inspector.reset()
+        mean.reset()
         t, x = np.asarray(t), np.asarray(x)
+        check_chunk(config, t, x)
+        # converted as FrontEnd.push converts a chunk: float64 times, float32 samples
+        t, x = np.ascontiguousarray(t, dtype=np.float64), np.ascontiguousarray(x, dtype=np.float32)
         rows, bad = 0, -1  # rows since (re)start; the newest row with a _BAD_ROWS flag (-1: none)
         for i in range(0, len(x), hop):
-            ts, xs = fe._conform(t[i : i + hop], x[i : i + hop])
+            ts, xs = t[i : i + hop], x[i : i + hop]
             i0 = 0
             while i0 < len(xs):
-                m = fe._inspect(ts, xs, i0)
-                if m == 0:
-                    fe.reset()
+                m = inspector.process(xs[i0:], ts[i0:], y[i0:], t_out[i0:], row_flags[i0:])
+                if m == 0:  # a time jump: start afresh there
+                    inspector.reset()
+                    mean.reset()
                     rows, bad = 0, -1
                     continue
-                np.maximum(peak, np.abs(fe._a[i0 : i0 + m]).max(axis=0), out=peak)
-                hit = np.nonzero(fe._row_flags[i0 : i0 + m] & _BAD_ROWS)[0]
+                mean.process(y[i0 : i0 + m], y[i0 : i0 + m], inspector.start)
+                np.maximum(peak, np.abs(y[i0 : i0 + m]).max(axis=0), out=peak)
+                hit = np.nonzero(row_flags[i0 : i0 + m] & _BAD_ROWS)[0]
                 if len(hit):
                     bad = rows + int(hit[-1])
                 rows += m
                 i0 += m
             if rows - 1 - bad >= length:
-                levels.append(fe._level / (length - 1))
+                levels.append(inspector.window_level())
     dead = [ch for ch, p in zip(config.stream.channels, peak) if not p > 0]
     if dead:
         raise ValueError(f"norm stats: channel(s) {', '.join(dead)} are zero throughout the training recordings")

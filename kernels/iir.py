@@ -93,6 +93,8 @@ class SosFilter:
         if not np.allclose(self.sos[:, 3], 1.0):
             raise ValueError("sos: a0 of every section must be 1 (normalised sections)")
         self.state = np.zeros((self.sos.shape[0], 2, n_channels))
+        #: the kernel's ``(sos, state)``, for a fused kernel that calls it
+        self.args = (self.sos, self.state)
 
     def process(self, x: np.ndarray, out: np.ndarray) -> None:
         """``x``, ``out``: float64[n, C] C-contiguous (``out`` may be ``x``)."""

@@ -39,18 +39,8 @@ _LOW_LEVEL = np.uint32(fl.LOW_LEVEL)
 def inspect_chunk(
     raw: np.ndarray,
     t: np.ndarray,
-    saturation: float,
-    max_step: float,
-    period: float,
-    flat_len: int,
-    floor_sum: np.ndarray,
-    held: np.ndarray,
-    seen: np.ndarray,
-    run: np.ndarray,
-    last_t: np.ndarray,
-    steps: np.ndarray,
-    level: np.ndarray,
-    pos: np.ndarray,
+    limits: tuple,
+    state: tuple,
     out: np.ndarray,
     t_out: np.ndarray,
     start: np.ndarray,
@@ -63,12 +53,10 @@ def inspect_chunk(
     Writes, for those rows, ``out`` float64[n, C] (held values), ``t_out`` float64[n] (repaired
     times), ``start`` int64[C] (first row where the channel has real data: 0 if it had some
     before the chunk, ``n`` if it still has none) and ``row_flags`` uint32[n].
-    ``floor_sum`` float64[C]: LOW_LEVEL floor times ``flat_len - 1`` (0 disables the check).
-    State, updated in place: ``held`` float64[C] last good value, ``seen`` uint8[C] had a good
-    value, ``run`` int64[C] rows the value has stayed the same, ``last_t`` float64[1] last
-    repaired time (NaN before the first row), ``steps`` float64[flat_len - 1, C] ring of the
-    last |x[i] - x[i-1]|, ``level`` float64[C] their sum, ``pos`` int64[2] (ring slot, rows).
+    ``limits`` and ``state``: :attr:`Inspector.limits` and :attr:`Inspector.state`.
     """
+    saturation, max_step, period, flat_len, floor_sum = limits
+    held, seen, run, last_t, steps, level, pos = state
     n, n_ch = raw.shape
     ring = steps.shape[0]
     for c in range(n_ch):
@@ -123,3 +111,58 @@ def inspect_chunk(
         pos[1] += 1
         row_flags[i] = f
     return n
+
+
+class Inspector:
+    """The inspection stage's state per channel, around :func:`inspect_chunk`.
+
+    ``saturation`` (signal units), ``max_step`` (s: a larger step between timestamps is a time
+    jump), ``period`` (s, 1 / fs), ``flat_len`` (rows: FLAT after this many equal values, and
+    the LOW_LEVEL window), ``floor_sum`` float64[C]: the LOW_LEVEL floor times
+    ``flat_len - 1`` (0 disables the check).
+
+    Arrays, updated in place by the kernel (:attr:`state`): ``held`` float64[C] last good value,
+    ``seen`` uint8[C] had a good value, ``run`` int64[C] rows the value has stayed the same,
+    ``last_t`` float64[1] last repaired time (NaN before the first row), ``steps``
+    float64[flat_len - 1, C] ring of the last |x[i] - x[i-1]|, ``level`` float64[C] their sum,
+    ``pos`` int64[2] (ring slot, rows). ``start`` int64[C]: written by each chunk (see
+    :func:`inspect_chunk`), read by the baseline.
+    """
+
+    def __init__(self, n_channels: int, saturation: float, max_step: float, period: float, flat_len: int,
+                 floor_sum: np.ndarray) -> None:  # fmt: skip
+        c = n_channels
+        self.flat_len = int(flat_len)
+        self.period = float(period)
+        #: the kernel's constants: ``(saturation, max_step, period, flat_len, floor_sum)``
+        self.limits = (float(saturation), float(max_step), self.period, self.flat_len,
+                       np.ascontiguousarray(floor_sum, dtype=np.float64))  # fmt: skip
+        self.held = np.zeros(c)
+        self.seen = np.zeros(c, dtype=np.uint8)
+        self.run = np.zeros(c, dtype=np.int64)
+        self.last_t = np.full(1, np.nan)
+        self.steps = np.zeros((self.flat_len - 1, c))
+        self.level = np.zeros(c)
+        self.pos = np.zeros(2, dtype=np.int64)
+        self.start = np.zeros(c, dtype=np.int64)
+        #: the kernel's state arrays, in its order
+        self.state = (self.held, self.seen, self.run, self.last_t, self.steps, self.level, self.pos)
+
+    def process(self, raw: np.ndarray, t: np.ndarray, out: np.ndarray, t_out: np.ndarray,
+                row_flags: np.ndarray) -> int:  # fmt: skip
+        """:func:`inspect_chunk` on this state (``start`` into :attr:`start`); returns the rows done."""
+        return inspect_chunk(raw, t, self.limits, self.state, out, t_out, self.start, row_flags)
+
+    def window_level(self) -> np.ndarray:
+        """Mean |x[i] - x[i-1]| over the last ``flat_len`` rows, per channel (signal units per sample)."""
+        return self.level / (self.flat_len - 1)
+
+    def reset(self) -> None:
+        """No row seen: nothing held, no time, empty level ring."""
+        self.held[:] = 0.0
+        self.seen[:] = 0
+        self.run[:] = 0
+        self.last_t[:] = np.nan
+        self.steps[:] = 0.0
+        self.level[:] = 0.0
+        self.pos[:] = 0

@@ -65,7 +65,7 @@ def test_settling_span_is_the_sum_of_the_stages_responses(uci_config, siat_confi
     n = 1 << 14
     h = np.zeros((n, c))
     h[0] = 1.0
-    sos_filter(h, fe.sos, np.zeros((fe.sos.shape[0], 2, c)), h)
+    sos_filter(h, fe.bandpass.sos, np.zeros((fe.bandpass.sos.shape[0], 2, c)), h)
     a = np.abs(h[:, 0])
     late = np.maximum.accumulate(a[::-1])[::-1]
     n_bp = int(np.argmax(late < SETTLE_TOL * a.max()))
@@ -73,7 +73,7 @@ def test_settling_span_is_the_sum_of_the_stages_responses(uci_config, siat_confi
     # baseline: its response to an impulse after the first sample stays below SETTLE_TOL of it
     y = np.zeros((n, c))
     y[1] = 1.0
-    remove_running_mean(y, fe._alpha, np.zeros(c), np.ones(c, np.uint8), np.zeros(c, np.int64), y)
+    remove_running_mean(y, fe.baseline.alpha, np.zeros(c), np.ones(c, np.uint8), np.zeros(c, np.int64), y)
     n_base = int(np.argmax(np.maximum.accumulate(np.abs(y[2:, 0])[::-1])[::-1] < SETTLE_TOL))
     # denoiser: one changed input row moves no output row beyond row + lookahead + (M - 1)
     w = cfg.frontend.wavelet
