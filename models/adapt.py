@@ -22,7 +22,20 @@ it waits until one arrives or until ``t' - t > max_age_s`` (then dropped, as are
 bracketing samples are further apart than ``max_gap_s``, lie before the buffered targets, or
 hold NaN). Updates therefore happen at fixed points of the frame stream: the result does not
 depend on how frames or targets are chunked as long as each target arrives within
-``delay_s`` of its frame (tests), so a replay and a live run adapt identically.
+``delay_s`` of its frame (tests), so a replay and a live run adapt identically. ``STALE`` (the
+loop was behind real time, or the timestamps are off its clock) is one of the ``INVALID`` bits:
+a stale frame is never learnt from.
+
+Restarts. A frame with ``flags.RESTART`` (the front end restarted at a gap, a time jump or a
+reconnect, and the loop reset the engine's recurrent state) first drops every pending frame
+(counted in ``dropped`` and ``restarts``): their ``phi`` come from the state history that was
+just discarded, their targets lie across the fault, and after a backward time jump they would
+never fall due (they would block the ring). The learned ``theta`` and ``P``, the guard's window
+and mode, and the buffered target samples are kept: the readout maps a state to the joint angle
+for this patient and these electrodes, which a reset of the state does not change, and a target
+sample is a measurement, not a product of the state (dropping the weights would throw away the
+session's adaptation at every gap). Chunk invariance holds across a restart (it happens at a
+fixed frame).
 
 Drift guard. For each used frame the squared errors of the static and of the adapted
 prediction made *when the frame was published* enter a window of ``window`` updates. The
@@ -336,6 +349,7 @@ class ReadoutAdapter:
         self._ctr = np.zeros(10, np.int64)
         self._zt, self._pphi, self._e = np.zeros(T), np.zeros(D), np.zeros(T)
         self._out = np.zeros(T, np.float32)
+        self.restarts = 0  # RESTART frames seen (pending frames dropped)
 
     @classmethod
     def for_engine(cls, engine: Any, settings: AdaptSettings = AdaptSettings(), **kw: Any) -> "ReadoutAdapter":
@@ -345,14 +359,24 @@ class ReadoutAdapter:
         return cls(engine.readout(), engine.features, settings, **kw)
 
     def observe(self, t: float, flags: int, y: np.ndarray) -> np.ndarray:
-        """After each ``engine.step``: ``t`` (the frame's time), its ``flags`` and the engine's
-        output ``y``; returns what to publish — the adapted prediction (a preallocated float32
+        """After each ``engine.step``: ``t`` (the frame's time), its ``flags`` (a ``RESTART``
+        frame drops the pending ones first; one with ``WARMUP`` or any ``INVALID`` bit, ``STALE``
+        included, is not learnt from) and the engine's output ``y``; returns what to publish — the adapted prediction (a preallocated float32
         buffer, valid until the next call) while adapting, else ``y`` itself."""
+        if flags & fl.RESTART:
+            self.restart()
         if _observe(t, (flags & UNUSABLE) == 0, self._feat, self._theta, self._theta0, self._P, self._ring_t,
                     self._ring_phi, self._ring_z, self._tgt_t, self._tgt_v, self._win, self._tot, self._ctr,
                     self._par, self._mean, self._std, self._zt, self._pphi, self._e, self._out):
             return self._out
         return y
+
+    def restart(self) -> None:
+        """The engine's recurrent state was reset: drop the pending frames (module doc, Restarts);
+        :meth:`observe` calls it for a ``RESTART`` frame."""
+        self._ctr[_DROPPED] += self._ctr[_COUNT]
+        self._ctr[_COUNT] = 0
+        self.restarts += 1
 
     def add_targets(self, timestamps: np.ndarray, values: np.ndarray) -> None:
         """Ground-truth samples (increasing ``timestamps``; older or repeated ones are ignored)."""
@@ -404,7 +428,7 @@ class ReadoutAdapter:
         return {
             "adapting": self.adapting, "updates": int(c[_UPDATES]), "pending": int(c[_COUNT]),
             "dropped": int(c[_DROPPED]), "engaged": int(c[_ENGAGED]), "fallbacks": int(c[_FALLBACKS]),
-            "window": int(c[_WCOUNT]),
+            "window": int(c[_WCOUNT]), "restarts": self.restarts,
             "static_rmse": w_rmse[0].tolist(), "adapted_rmse": w_rmse[1].tolist(),
             "session_static_rmse": s_rmse[0].tolist(), "session_published_rmse": s_rmse[2].tolist(),
         }

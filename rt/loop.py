@@ -26,7 +26,8 @@ carries RESTART and the loop resets the step engine before stepping it (``resets
 ``status``).
 
 Online adaptation (optional ``adapter``, :class:`models.adapt.ReadoutAdapter`): after each
-step, ``adapter.observe(t_src, flags, y)`` returns what to publish (the adapted readout's
+step, ``adapter.observe(t_src, flags, y)`` (``flags`` with STALE if the frame is already stale
+then: the adapter never learns from a stale frame) returns what to publish (the adapted readout's
 prediction while it beats the static one, else ``y``; timed in ``step``); after each chunk,
 ``adapter.update()`` pulls the target samples that arrived. ``status.adapt`` is its status.
 
@@ -258,8 +259,10 @@ class Loop:
                         self.resets += 1
                     ta = clock()
                     y = eng.step(frames.features[i])
-                    if adapter is not None:  # what to publish: the adapted or the static readout
-                        y = adapter.observe(float(frames.t[i]), fl, y)
+                    if adapter is not None:  # what to publish: the adapted or the static readout;
+                        # a frame already stale is not learnt from (its STALE bit is set below, at t_pub)
+                        late = stale_bit if local and abs(clock() - float(frames.t[i])) > stale_s else 0
+                        y = adapter.observe(float(frames.t[i]), fl | late, y)
                     tb = clock()
                     if math.isfinite(float(y.sum())):
                         last_good[:] = y

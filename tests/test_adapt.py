@@ -368,3 +368,149 @@ def test_sequence_bundle_adapted_round_trip(tmp_path, uci_config):
         e1.step(f)
         z = e2.step(f)
         np.testing.assert_allclose((z - mean) / std, w @ e1.features + bb, atol=2e-5)
+
+
+# --------------------------------------------------------------------------- restarts and invalid frames
+
+
+def _pending_run(n=200, seed=6):
+    """An adapter fed ``n`` frames without targets: every usable frame is pending."""
+    h, phi, true, static = _session(n=n, seed=seed)
+    feat = np.zeros(h.shape[1])
+    ad = _adapter(static, np.zeros(2), np.ones(2), AdaptSettings(delay_s=0.1, max_age_s=5.0, ring=64), feat)
+    return ad, feat, h, phi, true
+
+
+def test_restart_drops_pending_frames_and_keeps_the_learned_readout():
+    h, phi, true, static = _session(n=600, seed=8)
+    t = DT * np.arange(len(h))
+    feat = np.zeros(h.shape[1])
+    ad = _adapter(static, np.zeros(2), np.ones(2), AdaptSettings(delay_s=0.1, max_age_s=5.0, ring=64, window=20),
+                  feat)
+    tgt_t, tgt_v = _targets_100hz(t, phi, true, np.zeros(2), np.ones(2))
+    y = np.zeros(2, np.float32)
+    k = 300
+    ad.add_targets(tgt_t[tgt_t <= t[k - 1] - 0.3], tgt_v[tgt_t <= t[k - 1] - 0.3])  # the last ~0.3 s wait
+    for i in range(k):
+        feat[:] = h[i]
+        ad.observe(t[i], 0, y)
+    before = ad.status()
+    w_before = ad.weights()
+    assert before["updates"] > 100 and before["pending"] > 5
+    feat[:] = h[k]
+    ad.observe(t[k], fl.RESTART, y)  # informational bit only: this frame itself is usable
+    after = ad.status()
+    assert after["restarts"] == 1 and after["pending"] == 1  # only the restart frame itself
+    assert after["dropped"] == before["dropped"] + before["pending"]
+    assert after["updates"] == before["updates"]  # none of the dropped frames was used
+    for a, b in zip(ad.weights(), w_before):
+        np.testing.assert_array_equal(a, b)  # the learned readout is kept
+    assert after["adapting"] == before["adapting"] and after["window"] == before["window"]
+    ad.add_targets(tgt_t[tgt_t > t[k - 1] - 0.3], tgt_v[tgt_t > t[k - 1] - 0.3])  # their targets come late
+    for i in range(k + 1, len(h)):
+        feat[:] = h[i]
+        ad.observe(t[i], 0, y)
+    ad.flush()
+    end = ad.status()
+    assert end["updates"] == before["updates"] + (len(h) - k)  # every frame from the restart on
+    assert end["dropped"] == after["dropped"]
+
+
+def test_pending_frames_of_a_backward_time_jump_do_not_block_the_ring():
+    """A restart at a time jump back: without dropping, the frames before the jump (later times)
+    never fall due, and every frame after it waits behind them until the ring overflows."""
+    h, phi, true, static = _session(n=400, seed=9)
+    n = len(h)
+    t = 100.0 + DT * np.arange(n)
+    t[200:] -= 50.0  # the clock jumps back 50 s at frame 200
+    z = phi @ true.T
+    order = np.argsort(t)
+    s = AdaptSettings(delay_s=0.1, max_age_s=1.0, ring=64)
+    y = np.zeros(2, np.float32)
+    runs = {}
+    for restart in (True, False):
+        feat = np.zeros(h.shape[1])
+        ad = _adapter(static, np.zeros(2), np.ones(2), s, feat)
+        ad.add_targets(t[order], z[order])  # ground truth at every frame time, both sides of the jump
+        updates = []
+        for k in range(n):
+            feat[:] = h[k]
+            ad.observe(t[k], fl.RESTART if restart and k == 200 else 0, y)
+            updates.append(ad.updates)
+        runs[restart] = np.diff(updates)
+    due = int(np.ceil(s.delay_s / DT)) + 1  # frames from a frame to its first use
+    after = slice(200 + due, 200 + s.ring - 10)
+    n_after = after.stop - after.start
+    assert runs[True][after].sum() >= n_after - 2  # with the restart: an update a frame, as before the jump
+    assert np.all(runs[False][after] == 0)  # without: the ring is stuck behind the old frames
+
+
+def test_restart_keeps_results_independent_of_chunking():
+    h, phi, true, static = _session(seed=10)
+    n = len(h)
+    t = 10.0 + DT * np.arange(n)
+    t[700:] += 2.0  # a gap: the front end restarted here
+    mean, std = np.array([30.0, -5.0]), np.array([20.0, 2.0])
+    tgt_t, tgt_v = _targets_100hz(t, phi, true, mean, std, noise=0.05)
+    flags = np.zeros(n, np.uint32)
+    flags[700:720] = fl.WARMUP
+    flags[700] |= fl.RESTART
+    s = AdaptSettings(lam=0.99, window=30, delay_s=0.1, max_age_s=0.5)
+    rng = np.random.default_rng(11)
+    runs, stats = [], []
+    for mode in ("reference", "random"):
+        feat = np.zeros(h.shape[1])
+        ad = _adapter(static, mean, std, s, feat)
+        if mode == "reference":
+            runs.append(_drive(ad, feat, t, h, flags, tgt_t, tgt_v, all_first=True)[0])
+        else:
+            runs.append(_drive(ad, feat, t, h, flags, tgt_t, tgt_v, chunks=rng.integers(1, 3, n),
+                               jitter=rng.uniform(0, 0.03, len(tgt_t)))[0])
+        stats.append(ad.status())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert stats[0] == stats[1] and stats[0]["restarts"] == 1
+
+
+@pytest.mark.parametrize("bit", [b for b in fl.NAMES if b & (fl.INVALID | fl.WARMUP)], ids=fl.describe)
+def test_no_frame_with_an_invalid_bit_is_learnt_from(bit):
+    assert fl.STALE & fl.INVALID  # a stale frame is one of them
+    h, phi, true, static = _session(n=300, seed=12)
+    n = len(h)
+    t = DT * np.arange(n)
+    flags = np.zeros(n, np.uint32)
+    flags[50:250] = bit
+    feat = np.zeros(h.shape[1])
+    ad = _adapter(static, np.zeros(2), np.ones(2), AdaptSettings(delay_s=0.1, max_age_s=1.0), feat)
+    _drive(ad, feat, t, h, flags, t, phi @ true.T, all_first=True)
+    ad.flush()
+    assert ad.status()["updates"] == n - 200
+
+
+def test_the_loop_never_adapts_on_stale_frames(tmp_path, uci_config, uci_files):
+    """A real loop (front end, engine, adapter on the recording's targets) whose frames are all
+    STALE (a recording's clock taken for the local LSL clock: every frame far from now) makes no
+    update; the same recording, not stale, makes many."""
+    from models.bundle import load_bundle
+    from rt.loop import Loop
+    from rt.recordings import load_recording
+    from rt.sources import ReplaySource
+    from rt.target_source import ReplayTargets
+
+    from loop_helpers import random_bundle, uci_slice, write_recording
+
+    cfg = uci_config
+    x, y = uci_slice(uci_files[1], cfg, 8000)
+    rec = load_recording(write_recording(tmp_path / "r.exorec", cfg, x, y), config=cfg)
+    bundle = load_bundle(random_bundle(tmp_path / "m.exo", cfg, [(np.arange(len(x)) / cfg.stream.fs, x)]))
+    updates = {}
+    for local in (True, False):
+        src = ReplaySource(rec, chunk=10)
+        engine = bundle.engine("compiled")
+        ad = ReadoutAdapter.for_engine(engine, AdaptSettings(), lead_s=0.0, targets=ReplayTargets(src))
+        res = Loop(cfg, bundle.frontend(cfg), engine, src, adapter=ad, record=True, source_clock_local=local).run()
+        ad.flush()
+        usable = (res.flags & (fl.INVALID | fl.WARMUP)) == 0
+        assert np.all(res.flags & fl.STALE) if local else not np.any(res.flags & fl.STALE)
+        updates[local] = (ad.status()["updates"], int(usable.sum()))
+    assert updates[True] == (0, 0)
+    assert updates[False][0] > 50 and updates[False][0] <= updates[False][1]
