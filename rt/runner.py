@@ -106,10 +106,14 @@ def write_config_toml(config: Config, path: str | Path) -> Path:
 def replay(recording: str | Path, bundle_path: str | Path, *, config_path: str | Path | None = None,
            publish: str | None = None, speed: float | None = None, chunk: int = 10,
            engine_kind: str = "compiled", out: str | Path | None = None, progress: bool = False,
-           stop: threading.Event | None = None, adapt: Any = None, adapt_out: str | Path | None = None
-           ) -> LoopResult:
+           stop: threading.Event | None = None, adapt: Any = None, adapt_out: str | Path | None = None,
+           local_clock: bool = False) -> LoopResult:
     """The loop over a recording: paced at ``speed`` × real time, or as fast as possible
-    (``speed=None``). With ``out``, saves ``t, values, flags, t_pub, targets`` to an ``.npz``.
+    (``speed=None``). ``local_clock``: at real time, timestamps mapped onto the local LSL clock
+    (:class:`rt.sources.ReplaySource`) and checked for age like a live source's (STALE), so a
+    controller on this host accepts the published preds. With ``out``, saves ``t, values,
+    flags, t_pub, targets`` to an ``.npz`` (``local_clock``: ``t`` on the local clock, and
+    ``t_offset``, local minus recording time).
     With ``adapt`` (:class:`models.adapt.AdaptSettings`), the readout adapts on the recording's
     own targets (the same adapter as ``run_live(adapt_from=...)``) and the adapted bundle is
     saved at ``adapt_out`` (default :func:`adapted_bundle_path`)."""
@@ -120,14 +124,14 @@ def replay(recording: str | Path, bundle_path: str | Path, *, config_path: str |
     rec = load_recording(recording, config=config)
     pub = Publisher(publish) if publish else None
     try:
-        source = ReplaySource(rec, chunk=chunk, speed=speed)
+        source = ReplaySource(rec, chunk=chunk, speed=speed, local_clock=local_clock)
         targets = None
         if adapt is not None:
             from rt.target_source import ReplayTargets
 
             targets = ReplayTargets(source)
         loop = build_loop(bundle, config, source, pub, engine_kind=engine_kind, adapt=adapt, targets=targets,
-                          record=out is not None, source_clock_local=False)
+                          record=out is not None, source_clock_local=local_clock)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -145,7 +149,8 @@ def replay(recording: str | Path, bundle_path: str | Path, *, config_path: str |
             pub.close()
     if out is not None:
         np.savez(out, t=result.t, values=result.values, flags=result.flags, t_pub=result.t_pub,
-                 targets=np.array(config.targets.names), units=np.array(config.targets.units))
+                 targets=np.array(config.targets.names), units=np.array(config.targets.units),
+                 **({"t_offset": np.float64(source.offset)} if local_clock else {}))
     return result
 
 

@@ -60,17 +60,29 @@ class ReplaySource:
 
     ``speed`` None: as fast as pulled; else paced so that a chunk is released when its newest
     sample is due (recording time / speed after the first pull). Timestamps are the
-    recording's own. ``last_targets`` is the targets view (float32[n, T]) of the last chunk and
-    ``last_timestamps`` its timestamps (:class:`rt.target_source.ReplayTargets`).
+    recording's own, unless ``local_clock``: then the replay runs at real time (``speed`` None
+    or 1) and its timestamps are mapped onto the local LSL clock at the first pull (``offset``
+    = ``pylsl.local_clock()`` then minus the first sample's time, added to every timestamp),
+    so a chunk is released when its newest sample's local time comes, as from a live inlet:
+    what a controller on this host can check for age. ``last_targets`` is the targets view
+    (float32[n, T]) of the last chunk and ``last_timestamps`` its timestamps
+    (:class:`rt.target_source.ReplayTargets`).
     """
 
-    def __init__(self, recording: Recording, chunk: int = 10, speed: float | None = None) -> None:
+    def __init__(self, recording: Recording, chunk: int = 10, speed: float | None = None, *,
+                 local_clock: bool = False) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1 sample, got {chunk}")
         if speed is not None and not speed > 0:
             raise ValueError(f"speed must be > 0 or None, got {speed}")
-        self.rec, self.chunk, self.speed = recording, chunk, speed
+        if local_clock and speed not in (None, 1.0):
+            raise ValueError(f"a replay on the local LSL clock runs at real time (speed 1), got speed {speed}")
+        self.rec, self.chunk, self.speed = recording, chunk, 1.0 if local_clock else speed
+        self.local_clock = local_clock
+        self._clock = pylsl.local_clock if local_clock else time.perf_counter
+        self.offset = 0.0  #: added to the recording's timestamps (local_clock: set at the first pull)
         self._ts = np.ascontiguousarray(recording.timestamps, dtype=np.float64)
+        self._out = self._ts  # the timestamps pull returns
         self._x = np.ascontiguousarray(recording.samples, dtype=np.float32)
         self._i = 0
         self._start: float | None = None
@@ -84,24 +96,27 @@ class ReplaySource:
         i, n = self._i, self._ts.shape[0]
         if i >= n:
             self.exhausted = True
-            return self._ts[n:], self._x[n:]
+            return self._out[n:], self._x[n:]
         j = min(i + self.chunk, n)
         if self.speed is not None:
-            now = time.perf_counter()
+            now = self._clock()
             if self._start is None:
                 self._start = now
+                if self.local_clock:
+                    self.offset = now - float(self._ts[0])
+                    self._out = self._ts + self.offset
             wait = self._start + (self._ts[j - 1] - self._ts[0]) / self.speed - now
             if wait > timeout:
                 time.sleep(max(timeout, 0.0))
-                return self._ts[i:i], self._x[i:i]
+                return self._out[i:i], self._x[i:i]
             if wait > 0:
                 time.sleep(wait)
         self._i = j
         self.exhausted = j >= n
         if self.rec.targets is not None:
             self.last_targets = self.rec.targets[i:j]
-            self.last_timestamps = self._ts[i:j]
-        return self._ts[i:j], self._x[i:j]
+            self.last_timestamps = self._out[i:j]
+        return self._out[i:j], self._x[i:j]
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``exoloop replay REC --model B [--publish EP] [--speed X | --fast] [--out P.npz]``."""
+"""``exoloop replay REC --model B [--publish EP] [--speed X | --fast] [--out P.npz]``; with
+``--publish``, real time on the local LSL clock (:class:`rt.sources.ReplaySource` ``local_clock``)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     p = sub.add_parser(name, help=help_text, description=(
         "Run the loop (front end -> step engine -> publish) over a recording without LSL, paced "
         "at --speed times real time or as fast as the machine allows (--fast, the default). "
+        "With --publish it runs at real time with the recording's timestamps mapped onto this "
+        "host's LSL clock at the start (as a live stream's), so `exoloop controller` accepts the "
+        "preds; --out then holds local-clock times and t_offset. "
         "Prints hops, throughput as a multiple of real time and per-hop processing times."))
     p.add_argument("recording", metavar="REC", help="recording file (format sniffed)")
     p.add_argument("--model", required=True, metavar="B", help="model bundle")
     p.add_argument("--config", metavar="C", help="profile name or TOML path (default: the bundle's config)")
-    p.add_argument("--publish", metavar="EP", help="also publish pred/status on this ZeroMQ endpoint")
+    p.add_argument("--publish", metavar="EP",
+                   help="also publish pred/status on this ZeroMQ endpoint (real time, local LSL clock)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, metavar="X", help="pace at X times real time")
     pace.add_argument("--fast", action="store_true", help="as fast as possible (default)")
@@ -37,13 +42,17 @@ def run(args: argparse.Namespace) -> int:
     from models.adapt import summary
     from rt.runner import replay
 
+    if args.publish and (args.fast or args.speed not in (None, 1.0)):
+        print("exoloop replay: --publish replays at real time on the local LSL clock (a controller refuses "
+              "preds stamped on any other clock); drop --speed/--fast", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         r = replay(args.recording, args.model, config_path=args.config, publish=args.publish,
                    speed=args.speed, chunk=args.chunk, engine_kind=args.engine, out=args.out,
                    progress=True, stop=stop, adapt=adapt_settings(args) if args.adapt else None,
-                   adapt_out=args.adapt_out)
+                   adapt_out=args.adapt_out, local_clock=bool(args.publish))
     except (ValueError, OSError) as exc:
         print(f"exoloop replay: {exc}", file=sys.stderr)
         return 2
