@@ -23,7 +23,13 @@ A decoded ``pred`` is refused (and counts as invalid) when
   ``controller.future_tolerance_ms``,
 - its flags hold any of :data:`kernels.flags.INVALID` or ``WARMUP`` (filters still settling: a
   warm-up pred never drives the command and never makes it active, whatever ``INVALID`` holds),
+  or a bit :mod:`kernels.flags` does not define (a pred this controller cannot judge is unfit),
 - or it could not be decoded at all (a message whose topic frame is ``pred``).
+
+Only a ``pred`` drives the command. A decoded ``horizon`` or ``status`` is kept as it is
+(``latest_horizon``, ``latest_status``: well-typed, sized, the config's number of targets, but
+not checked for age or session); a controller that steered by a horizon would have to check it
+as a ``pred`` is checked here.
 
 Modes: ``waiting`` (nothing trusted yet), ``active`` (the command follows the predictions) and
 ``safe``. A session is trusted, and the controller goes ``active``, after ``watchdog_hops``
@@ -80,7 +86,8 @@ DRAIN_FRAMES = 200
 LOG_INTERVAL_S = 1.0
 
 _NO_SESSION = object()
-_UNFIT = F.INVALID | F.WARMUP  # flags that refuse a pred
+_KNOWN = sum(F.NAMES)  # every bit kernels.flags defines (distinct powers of two)
+_UNFIT = F.INVALID | F.WARMUP | (0xFFFFFFFF & ~_KNOWN)  # flags that refuse a pred: unknown bits too
 
 
 class ControllerError(ValueError):
@@ -253,7 +260,8 @@ class Controller:
             return
         bad = msg["flags"] & _UNFIT
         if bad:
-            self._refuse("flags", f"pred seq {seq} flagged {', '.join(F.describe(bad))}", now, pred=True)
+            names = F.describe(bad) + ([f"unknown bits {bad & ~_KNOWN:#x}"] if bad & ~_KNOWN else [])
+            self._refuse("flags", f"pred seq {seq} flagged {', '.join(names)}", now, pred=True)
             return
         self.last_valid_t = now
         self.valid_streak += 1

@@ -145,6 +145,8 @@ INVALID_CASES = {
     "flat": (lambda s, v, t: pred(s, v, t, F.FLAT), "flags"),
     "nonfinite_flag": (lambda s, v, t: pred(s, v, t, F.NONFINITE), "flags"),
     "warmup_flag": (lambda s, v, t: pred(s, v, t, F.WARMUP), "flags"),
+    "unknown_flag": (lambda s, v, t: pred(s, v, t, 1 << 20), "flags"),
+    "stale_flag": (lambda s, v, t: pred(s, v, t, F.STALE), "flags"),
     "nan_value": (lambda s, v, t: pred(s, v * np.nan, t), "values"),
     "inf_value": (lambda s, v, t: pred(s, v + np.inf, t), "values"),
     "short": (lambda s, v, t: pred(s, v[:0], t), "values"),
@@ -431,3 +433,14 @@ def test_command_always_within_limits_and_rate(siat_config, seq, safe_mode):
         bound = rate * min(tb - ta, c.watchdog_s)
         assert np.all(np.abs(b - a) <= bound * (1 + 1e-12) + 1e-12)
     np.testing.assert_array_equal(applied[-1][1], c.command)
+
+
+def test_informational_flags_drive_unknown_bits_do_not(uci_config):
+    c = Controller(uci_config)
+    seq, t = activate(c, [10.0], 1.0)
+    for k, fl in enumerate((F.OUT_OF_DOMAIN, F.RESTART, F.OUT_OF_DOMAIN | F.RESTART)):
+        c.on_frames(pred(seq + k, [10.0], t + k * c.hop_s, fl), t + k * c.hop_s)
+    assert c.mode == ACTIVE and not c.summary.refused
+    c.on_frames(pred(seq + 3, [10.0], t + 3 * c.hop_s, F.OUT_OF_DOMAIN | 1 << 31), t + 3 * c.hop_s)
+    assert c.mode == SAFE and c.summary.refused == {"flags": 1}
+    assert "unknown bits 0x80000000" in c.summary.transitions[-1].reason
