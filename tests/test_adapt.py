@@ -132,19 +132,27 @@ def test_chunking_and_target_arrival_do_not_change_the_result():
     flags = np.zeros(n, np.uint32)
     flags[200:230] = fl.GAP
     s = AdaptSettings(lam=0.99, delta=1.0, window=30, delay_s=0.1, max_age_s=0.5)
-    rng = np.random.default_rng(5)
-    runs = []
+    runs, stats = _reference_and_random_chunks(static, mean, std, s, t, h, flags, tgt_t, tgt_v, seed=5)
+    assert all(st["engaged"] >= 1 for st in stats)
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def _reference_and_random_chunks(static, mean, std, s, t, h, flags, tgt_t, tgt_v, seed):
+    """The same session driven twice: targets all first, then random chunks and target arrival
+    jitter. Returns the published predictions and the final status of each."""
+    rng = np.random.default_rng(seed)
+    runs, stats = [], []
     for mode in ("reference", "random"):
         feat = np.zeros(h.shape[1])
         ad = _adapter(static, mean, std, s, feat)
         if mode == "reference":
             runs.append(_drive(ad, feat, t, h, flags, tgt_t, tgt_v, all_first=True)[0])
         else:
-            chunks = rng.integers(1, 3, n)  # spans <= DT < delay - max jitter
+            chunks = rng.integers(1, 3, len(t))  # spans <= DT < delay - max jitter
             jitter = rng.uniform(0, 0.03, len(tgt_t))
             runs.append(_drive(ad, feat, t, h, flags, tgt_t, tgt_v, chunks=chunks, jitter=jitter)[0])
-        assert ad.status()["engaged"] >= 1
-    np.testing.assert_array_equal(runs[0], runs[1])
+        stats.append(ad.status())
+    return runs, stats
 
 
 def test_adapts_towards_the_true_readout():
@@ -456,17 +464,7 @@ def test_restart_keeps_results_independent_of_chunking():
     flags[700:720] = fl.WARMUP
     flags[700] |= fl.RESTART
     s = AdaptSettings(lam=0.99, window=30, delay_s=0.1, max_age_s=0.5)
-    rng = np.random.default_rng(11)
-    runs, stats = [], []
-    for mode in ("reference", "random"):
-        feat = np.zeros(h.shape[1])
-        ad = _adapter(static, mean, std, s, feat)
-        if mode == "reference":
-            runs.append(_drive(ad, feat, t, h, flags, tgt_t, tgt_v, all_first=True)[0])
-        else:
-            runs.append(_drive(ad, feat, t, h, flags, tgt_t, tgt_v, chunks=rng.integers(1, 3, n),
-                               jitter=rng.uniform(0, 0.03, len(tgt_t)))[0])
-        stats.append(ad.status())
+    runs, stats = _reference_and_random_chunks(static, mean, std, s, t, h, flags, tgt_t, tgt_v, seed=11)
     np.testing.assert_array_equal(runs[0], runs[1])
     assert stats[0] == stats[1] and stats[0]["restarts"] == 1
 

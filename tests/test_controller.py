@@ -47,9 +47,11 @@ def mid(cfg) -> np.ndarray:
     return (lo + hi) / 2
 
 
-def activate(c: Controller, values, t: float, seq: int = 0, session: int | None = SESSION) -> tuple[int, float]:
-    """Feed ``resume_after`` valid preds one hop apart from ``t``; returns the next (seq, t)."""
-    for _ in range(c.resume_after):
+def activate(c: Controller, values, t: float, seq: int = 0, session: int | None = SESSION,
+             more: int = 0) -> tuple[int, float]:
+    """Feed ``resume_after`` valid preds one hop apart from ``t`` (and ``more`` after those);
+    returns the next (seq, t)."""
+    for _ in range(c.resume_after + more):
         c.on_frames(pred(seq, values, t, session=session), t)
         seq, t = seq + 1, t + c.hop_s
     assert c.mode == ACTIVE
@@ -102,10 +104,7 @@ def test_rate_limit_step_is_capped_at_the_watchdog_budget(uci_config):
 def test_leaving_safe_mode_ramps_from_the_safe_command(uci_config, safe_mode):
     c = Controller(uci_config, safe_mode=safe_mode)
     rate = uci_config.controller.rate[0]
-    seq, t = activate(c, [100.0], 0.0)
-    for _ in range(20):
-        c.on_frames(pred(seq, [100.0], t), t)
-        seq, t = seq + 1, t + c.hop_s
+    seq, t = activate(c, [100.0], 0.0, more=20)
     assert c.command[0] == 100.0
     c.on_frames(pred(seq, [100.0], t, F.GAP), t)
     assert c.mode == SAFE
@@ -370,10 +369,7 @@ def test_safe_zero_ramps_to_zero_at_the_rate_limit_over_successive_ticks(cfg, ca
 def test_zero_ramp_is_interrupted_by_resuming_and_resumes_from_where_it_got(uci_config):
     c = Controller(uci_config, safe_mode="zero")
     rate = uci_config.controller.rate[0]
-    seq, t = activate(c, [140.0], 1.0)
-    for _ in range(10):
-        c.on_frames(pred(seq, [140.0], t), t)
-        seq, t = seq + 1, t + c.hop_s
+    seq, t = activate(c, [140.0], 1.0, more=10)
     assert c.command[0] == 140.0
     c.on_frames(pred(seq, [140.0], t, F.GAP), t)
     c.tick(t + c.hop_s)

@@ -63,9 +63,10 @@ def _config(tmp_path: Path, interval_s: float) -> Path:
     return path
 
 
-def test_worker_process_publishes_horizons_and_dies_without_blocking_us(tmp_path: Path) -> None:
-    cfg_path = _config(tmp_path, interval_s=0.02)
-    cfg = load_config(cfg_path)
+def _worker(tmp_path: Path, interval_s: float):
+    """A worker process (tiny checkpoint, ``interval_s`` refreshes, heartbeats every 0.2 s) fed by
+    our PUB (SNDHWM 100) and read by our SUB (horizon, forecaster): ``(cfg, ctx, pub, sub, proc)``."""
+    cfg_path = _config(tmp_path, interval_s=interval_s)
     ckpt = save_checkpoint(tmp_path / "tiny.ckpt", new_model("tiny", seed=1))
     pred_ep, horizon_ep = f"ipc://{tmp_path}/pred", f"ipc://{tmp_path}/horizon"
     ctx = zmq.Context()
@@ -83,6 +84,11 @@ def test_worker_process_publishes_horizons_and_dies_without_blocking_us(tmp_path
                              "--publish", horizon_ep, "--config", str(cfg_path), "--checkpoint", str(ckpt),
                              "--threads", "1", "--status-s", "0.2"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return load_config(cfg_path), ctx, pub, sub, proc
+
+
+def test_worker_process_publishes_horizons_and_dies_without_blocking_us(tmp_path: Path) -> None:
+    cfg, ctx, pub, sub, proc = _worker(tmp_path, interval_s=0.02)
     sent_t_src: dict[int, float] = {}
     horizons: list[dict] = []
     states: list[dict] = []
@@ -144,24 +150,7 @@ def test_worker_refuses_oversize_and_garbage_preds_and_keeps_forecasting(tmp_pat
     valid stream still gives horizons."""
     import msgpack
 
-    cfg_path = _config(tmp_path, interval_s=0.1)
-    cfg = load_config(cfg_path)
-    ckpt = save_checkpoint(tmp_path / "tiny.ckpt", new_model("tiny", seed=1))
-    pred_ep, horizon_ep = f"ipc://{tmp_path}/pred", f"ipc://{tmp_path}/horizon"
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    pub.bind(pred_ep)
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for topic in (schema.HORIZON, schema.FORECASTER):
-        sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(horizon_ep)
-    proc = subprocess.Popen([sys.executable, "-m", "rt.cli", "forecast", "serve", "--connect", pred_ep,
-                             "--publish", horizon_ep, "--config", str(cfg_path), "--checkpoint", str(ckpt),
-                             "--threads", "1", "--status-s", "0.2"],
-                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cfg, ctx, pub, sub, proc = _worker(tmp_path, interval_s=0.1)
     horizons: list[dict] = []
     states: list[dict] = [{"preds": 0, "refused": {}, "reconnects": 0}]
     seq = 0
