@@ -3,8 +3,9 @@
 For each profile (the paper's 9 ch at 1920 Hz, the UCI 4 ch at 1000 Hz), with the wavelet
 stage on and off, the same run times ``FrontEnd.push`` of one hop of samples and, side by side,
 :class:`ScipyPerHop`: per hop ``lfilter`` running mean with ``zi``, scaling, a PyWavelets
-packet denoise of the last block, ``sosfilt`` with ``zi`` on the new samples, NumPy features
-over the window, scaling. Input: the bundled UCI recordings for the UCI profile; for the paper
+packet denoise of the recent input (zeros after the newest sample), ``sosfilt`` with ``zi`` on
+the new samples, NumPy features over the window, scaling — the same frames
+(``tests/test_frontend_bench_baseline.py``). Input: the bundled UCI recordings for the UCI profile; for the paper
 profile (no SIAT files here) the UCI sEMG channels tiled to 9 (cost does not depend on content).
 """
 
@@ -28,9 +29,9 @@ from kernels.normalize import NormStats
 DATA = Path(__file__).resolve().parent.parent / "data" / "recordings" / "uci-lower-limb"
 NOTES = """\
 Per-hop cost = one `FrontEnd.push` of `hop` new samples (all channels), in µs; baseline =
-`ScipyPerHop.push` on the same samples (scipy `lfilter`/`sosfilt` with `zi`, PyWavelets
-`WaveletPacket` denoise of the last block — a multiple of 2**level samples covering
-lookahead + hop — per hop, NumPy features). Paper-profile input is the UCI sEMG tiled to 9
+`ScipyPerHop.push` on the same samples, giving the same frames (scipy `lfilter`/`sosfilt` with
+`zi`, per hop a PyWavelets `WaveletPacket` denoise of the recent input truncated after the newest
+sample — every packet function reaching the hop's output samples whole — NumPy features). Paper-profile input is the UCI sEMG tiled to 9
 channels and treated as 1920 Hz. The machine sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which
 slow NumPy; this bench may be run with them unset (`env -u OPENBLAS_CORETYPE -u
 OPENBLAS_L2_SIZE exoloop bench frontend`) — the `machine.env` block of the JSON says which.
@@ -63,7 +64,17 @@ def bench_signal(config: Config, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ScipyPerHop:
-    """The straightforward per-hop front end (scipy / PyWavelets / NumPy), the bench's baseline."""
+    """The straightforward per-hop front end (scipy / PyWavelets / NumPy), the bench's baseline.
+
+    Pushed one hop of samples at a time from the stream's start (with ``length`` a multiple of
+    ``hop``, as in both profiles, so each hop closes one denoiser block), it gives the frames of
+    :class:`FrontEnd` from the one completing the first window on (its earlier frames see a
+    zero-padded window). The denoise follows the streaming rule (``kernels/wavelet.py``): the
+    hop's output samples ``n = T - lookahead - hop + 1 .. T - lookahead`` (``T`` the newest
+    input sample) are those of the periodized packet denoise of the input truncated after
+    ``T``; a block from a multiple of ``2**level`` that reaches ``M - 1`` samples (the packet
+    functions' support) beyond them on both sides holds every coefficient touching them whole.
+    """
 
     def __init__(self, config: Config, stats: NormStats) -> None:
         s, fe = config.stream, config.frontend
@@ -78,11 +89,35 @@ class ScipyPerHop:
         c = s.n_channels
         self.sos_zi = np.zeros((self.sos.shape[0], 2, c))
         w = fe.wavelet
-        step = 1 << w.level
-        self.block = np.zeros((step * max(2, -(-(w.lookahead + fe.window.hop) // step)), c))
+        self.step = 1 << w.level
+        self.support = (self.step - 1) * (pywt.Wavelet(w.wavelet).dec_len - 1) + 1  # M
+        # input history: the oldest sample a block reads is < lookahead + hop + M - 1 + step old
+        self.history = np.zeros((w.lookahead + fe.window.hop + self.support - 1 + self.step, c))
+        self.seen = 0  # input samples so far
         self.window = np.zeros((fe.window.length, c))
         self.thr = channel_thresholds(fe.features, stats.signal_step)
         self.span = stats.feature_hi - stats.feature_lo
+
+    def _denoise(self, y: np.ndarray) -> np.ndarray:
+        """The hop's denoised samples (``lookahead`` older than ``y``; 0 before the stream's start)."""
+        w, n = self.fe.wavelet, y.shape[0]
+        self.history = np.concatenate([self.history[n:], y])
+        self.seen += n
+        newest = self.seen - 1
+        first = newest - w.lookahead - n + 1  # the oldest output sample
+        s0 = (first - (self.support - 1)) // self.step * self.step
+        size = -(-(newest - w.lookahead + self.support - s0) // self.step) * self.step
+        block = np.zeros((size, y.shape[1]))
+        lo = max(s0, newest + 1 - self.history.shape[0], 0)
+        block[lo - s0 : newest + 1 - s0] = self.history[self.history.shape[0] - (newest + 1 - lo):]
+        wp = pywt.WaveletPacket(block, w.wavelet, mode="periodization", maxlevel=w.level, axis=0)
+        with np.errstate(invalid="ignore"):  # pywt's soft threshold divides 0 by 0 on zero coefficients
+            for node in wp.get_level(w.level, "natural"):
+                if node.path != "a" * w.level:
+                    node.data = pywt.threshold(node.data, w.threshold, "soft")
+        out = wp.reconstruct(update=False)[first - s0 : first - s0 + n]
+        out[: max(0, -first)] = 0.0
+        return out
 
     def push(self, x: np.ndarray) -> np.ndarray:
         """One hop ``x`` float[hop, C] → one scaled feature frame float32[6C]."""
@@ -91,17 +126,8 @@ class ScipyPerHop:
             self.mean_zi = ((1.0 - self.mean_ba[0][0]) * x[:1]).reshape(1, -1)
         m, self.mean_zi = signal.lfilter(*self.mean_ba, x, axis=0, zi=self.mean_zi)
         y = (x - m) / self.stats.signal_maxabs
-        w = self.fe.wavelet
-        if w.enabled:
-            n = y.shape[0]
-            self.block = np.concatenate([self.block[n:], y])
-            wp = pywt.WaveletPacket(self.block, w.wavelet, mode="periodization", maxlevel=w.level, axis=0)
-            for node in wp.get_level(w.level, "natural"):
-                if node.path != "a" * w.level:
-                    node.data = pywt.threshold(node.data, w.threshold, "soft")
-            d = wp.reconstruct(update=False)
-            end = d.shape[0] - w.lookahead
-            y = d[end - n : end]
+        if self.fe.wavelet.enabled:
+            y = self._denoise(y)
         y, self.sos_zi = signal.sosfilt(self.sos, y, axis=0, zi=self.sos_zi)
         self.window = np.concatenate([self.window[y.shape[0]:], y])[-self.window.shape[0]:]
         v = self.window

@@ -147,6 +147,17 @@ def _stats_and_frames(config: Any, recs: list[RecordingArrays], lead_ms: float) 
     return stats, [make_frames(config, stats, r, lead_ms=lead_ms) for r in recs]
 
 
+def _measure_settle(model: Any, sets: list[FrameSet], config: Any) -> Any:
+    """The calibrated model's settling span (:mod:`models.settle`) on the patient's frames,
+    through the compiled step engine the loop runs."""
+    from models.baselines import GPRModel, GPRStepEngine
+    from models.settle import measure_frame_sets
+    from models.step_engine import CompiledStepEngine
+
+    engine = GPRStepEngine(model) if isinstance(model, GPRModel) else CompiledStepEngine(model)
+    return measure_frame_sets(engine, sets, config.model.settle_tol)
+
+
 def calibrate(bundle: Any, recs: list[RecordingArrays], out: str | Path, ft: FineTune = FineTune(),
               holdout: float = 0.25, progress: bool = False) -> CalibrationReport:
     """Held-out check on the last ``holdout`` of the calibration data, then the final patient
@@ -192,8 +203,10 @@ def calibrate(bundle: Any, recs: list[RecordingArrays], out: str | Path, ft: Fin
         "recordings": [r.name for r in recs], "seconds_of_data": calib_s, "holdout": holdout,
         "fine_tune": asdict(ft), "held_out": held,
     }
+    settle = _measure_settle(final, sets, config)  # the patient's sessions, the final weights
+    stage("settling span")
     h = save_bundle(out, config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays,
-                    metrics=held["calibrated"], training=training, normalisation=FROZEN.to_dict())
+                    metrics=held["calibrated"], training=training, normalisation=FROZEN.to_dict(), settle=settle)
     stage("saved")
     bar.close()
     return CalibrationReport(Path(out), h, held, time.perf_counter() - t0, calib_s, asdict(ft))

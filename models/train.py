@@ -224,19 +224,24 @@ def bundle_parts(model: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarray]
 
 
 def write_bundle(out: str | Path, config: Config, stats: NormStats, norm: Normalisation, model: Any,
-                 test: list[FrameSet], training: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+                 test: list[FrameSet], training: dict[str, Any],
+                 train: list[FrameSet] | None = None) -> tuple[str, dict[str, Any]]:
     """Save ``model`` as a bundle, evaluate it on ``test`` through the bundle's own compiled step
-    engine (continuously, from each session's start) and save again with those metrics.
-    Returns the content hash and the metrics."""
+    engine (continuously, from each session's start), measure its settling span on ``train`` +
+    ``test`` (:func:`models.settle.measure_frame_sets`, tolerance ``model.settle_tol``) and save
+    again with those metrics and the span. Returns the content hash and the metrics."""
     from models.bundle import load_bundle
     from models.evaluate import evaluate_engine
+    from models.settle import measure_frame_sets
 
     kind, arch, arrays = bundle_parts(model)
     kw = dict(config=config, norm_stats=stats, kind=kind, arch=arch, arrays=arrays, training=training,
               normalisation=norm.to_dict())
     save_bundle(out, **kw)
-    metrics = evaluate_engine(load_bundle(out).engine("compiled"), test, config) if test else {}
-    return save_bundle(out, metrics=metrics, **kw), metrics
+    engine = load_bundle(out).engine("compiled")
+    metrics = evaluate_engine(engine, test, config) if test else {}
+    settle = measure_frame_sets(engine, list(train or []) + list(test), config.model.settle_tol)
+    return save_bundle(out, metrics=metrics, settle=settle, **kw), metrics
 
 
 @dataclass
@@ -285,7 +290,7 @@ def train_bundle(config: Config, recordings: list[RecordingArrays], out: str | P
         "curve": result.curve,
     }
     out = Path(out)
-    h, metrics = write_bundle(out, config, stats, norm, result.model, test, training)
+    h, metrics = write_bundle(out, config, stats, norm, result.model, test, training, train=train)
     png = None
     if plot and result.curve:
         png = out.with_suffix(".curve.png")

@@ -176,7 +176,7 @@ def _counts(cfg, stats, t, x, thresholds=None):
     if thresholds is not None:
         fe = cfg.frontend
         names = ("zc_threshold", "ssc_threshold", "wamp_threshold")
-        feats = dataclasses.replace(fe.features, **dict(zip(names, thresholds)))
+        feats = dataclasses.replace(fe.features, **dict(zip(names, thresholds, strict=True)))
         cfg = dataclasses.replace(cfg, frontend=dataclasses.replace(fe, features=feats))
     ident = NormStats.identity(cfg)
     raw = NormStats(stats.signal_maxabs, ident.feature_lo, ident.feature_hi, stats.signal_step)

@@ -172,7 +172,7 @@ def test_restart_then_warmup_then_equal_to_a_fresh_front_end(uci_config, kind, w
     else:
         got = push_chunks(fe, t, x, sizes)
     k = len(before[0])
-    for a, b in zip(got, before):
+    for a, b in zip(got, before, strict=True):
         np.testing.assert_array_equal(a[:k], b)
     np.testing.assert_array_equal(got[0][k:], fresh[0])
     np.testing.assert_array_equal(got[1][k:], fresh[1])
@@ -214,7 +214,7 @@ def test_every_flag_is_chunk_invariant(bundle, sizes, wavelet):
     fe = FrontEnd(cfg, bundle.norm_stats, max_chunk=64)
     whole = push_chunks(fe, t, x, [len(x)])
     parts = push_chunks(fe, t, x, sizes)
-    for a, b in zip(parts, whole):
+    for a, b in zip(parts, whole, strict=True):
         np.testing.assert_array_equal(a, b)
     seen = np.bitwise_or.reduce(whole[2])
     for bit in (fl.GAP, fl.NONFINITE, fl.SATURATION, fl.NONMONOTONIC, fl.WARMUP, fl.LOW_LEVEL,

@@ -58,7 +58,7 @@ def test_checkpoint_and_npz_give_the_same_model(name: str, vectors: dict) -> Non
     kw = {k: v for k, v in vectors["configs"][name]["model_kwargs"].items() if k != "distr_output"}
     npz = load_checkpoint(G / f"{name}.state_dict.npz", model_kwargs=kw)
     assert ck.model.cfg == npz.model.cfg
-    for (k1, v1), (k2, v2) in zip(ck.model.state_dict().items(), npz.model.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(ck.model.state_dict().items(), npz.model.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2), k1
     hp = ck.hyper_parameters
     assert list(hp) == list(vectors["configs"][name]["ckpt_hyper_parameters"])
@@ -82,10 +82,10 @@ def test_teacher_forced_forward_matches_golden(name: str, inputs: dict) -> None:
         _close(x, out["tf_transformer_input"], "transformer input", TOL)
         hidden: list[torch.Tensor] = []
         h = model.hidden(x, collect=hidden)
-        for got, key in zip(hidden, ("tf_h_embed", "tf_h_block0", "tf_h_block1")):
+        for got, key in zip(hidden, ("tf_h_embed", "tf_h_block0", "tf_h_block1"), strict=True):
             _close(got, out[key], key, TOL)
         _close(h, out["tf_h_ln_f"], "ln_f", TOL)
-        for got, key in zip(model.param_proj.raw(h), ("tf_raw_df", "tf_raw_loc", "tf_raw_scale")):
+        for got, key in zip(model.param_proj.raw(h), ("tf_raw_df", "tf_raw_loc", "tf_raw_scale"), strict=True):
             _close(got, out[key], key, TOL)
         (df, mu, sigma), s_loc, s_scale = model(*args)
         for got, key in ((df, "tf_df"), (mu, "tf_loc"), (sigma, "tf_scale"),
@@ -125,8 +125,7 @@ def test_full_size_state_dict_matches_manifest() -> None:
     model = LagLlama(LagLlamaConfig.from_model_kwargs(kw))
     ours = [(f"model.{k}", list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
     ref = [(e["key"], e["shape"], e["dtype"]) for e in manifest["state_dict"]]
-    assert len(ours) == len(ref)
-    for o, r in zip(ours, ref):
+    for o, r in zip(ours, ref, strict=True):
         assert o == r
     assert sum(p.numel() for p in model.parameters()) == manifest["total_params"]
 
@@ -155,7 +154,7 @@ def test_written_checkpoint_has_the_official_layout(tmp_path, vectors: dict, inp
     assert back.hyper_parameters["loss"].state == src.hyper_parameters["loss"].state
     assert back.hyper_parameters["model_kwargs"]["distr_output"].state == \
         src.hyper_parameters["model_kwargs"]["distr_output"].state
-    for (k, a), b in zip(src.model.state_dict().items(), back.model.state_dict().values()):
+    for (k, a), b in zip(src.model.state_dict().items(), back.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

@@ -71,7 +71,8 @@ def stream(x: np.ndarray, level: int, lookahead: int, chunks=None, threshold: fl
     den = StreamingWaveletDenoiser(x.shape[1], WAVELET, level, threshold, lookahead, hop, block_end)
     out = np.full((x.shape[0] + hop, x.shape[1]), np.nan)
     written = 0
-    for start, size in zip(np.cumsum([0] + list(chunks or [x.shape[0]])), chunks or [x.shape[0]]):
+    sizes = list(chunks or [x.shape[0]])
+    for start, size in zip(np.cumsum([0] + sizes[:-1]), sizes, strict=True):
         written += den.process(x[start : start + size], out[written:])
     e = den.block_end
     assert written == (x.shape[0] - 1 - e) // hop * hop + e + 1  # every closed block, nothing more
