@@ -66,5 +66,21 @@ def random_bundle(path: Path, config: Config, fit_on: list[tuple[np.ndarray, np.
     stats = fit_norm_stats(config, fit_on) if fit_on else NormStats.identity(config)
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     save_bundle(path, config=config, norm_stats=stats, kind=SEQUENCE, arch=spec.to_dict(), arrays=arrays,
-                training={"note": "random weights (benchmark/test stand-in, not a trained model)"})
+                training={"note": "random weights (benchmark/test stand-in, not a trained model)"},
+                settle=_random_settle(config, stats, model, fit_on, seed))
     return path
+
+
+def _random_settle(config: Config, stats, model, fit_on, seed: int):
+    """The stand-in's settling span (models.settle), measured like a trained bundle's on the
+    ``fit_on`` recordings (else 10 s of :func:`synth_emg`), at most ~50 reset offsets each."""
+    from kernels.frontend import FrontEnd, run_offline
+    from models.settle import measure_settle
+    from models.step_engine import CompiledStepEngine
+
+    data = fit_on or [(np.arange(int(10 * config.stream.fs)) / config.stream.fs, synth_emg(config, 10.0, seed)[0])]
+    frames = [run_offline(FrontEnd(config, stats), np.asarray(t, np.float64), np.asarray(x, np.float32), chunk=256)
+              for t, x in data]
+    stride = max(1, max(len(f.t) for f in frames) // 50)
+    return measure_settle(CompiledStepEngine(model), [(f.features.copy(), f.flags.copy()) for f in frames],
+                          config.model.settle_tol, stride=stride)

@@ -122,6 +122,9 @@ class ModelConfig:
     lr: float = 0.01
     epochs: int = 20
     lead_ms: float = 0.0
+    #: target units: a reset engine has settled once its output stays within this of a continuous
+    #: run (models.settle); at most half the fault bench's TOL (2 deg), see models/settle.py
+    settle_tol: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,7 @@ def _validate(cfg: Config) -> None:
     _check(m.hidden > 0 and m.layers > 0 and m.epochs > 0, "model",
            "hidden, layers and epochs must be > 0")
     _check(m.lr > 0, "model.lr", f"must be > 0, got {m.lr}")
+    _check(m.settle_tol > 0, "model.settle_tol", f"must be > 0 (target units), got {m.settle_tol}")
     f = cfg.forecast
     _check(f.context_length > 0, "forecast.context_length", "must be > 0")
     _check(f.prediction_length > 0, "forecast.prediction_length", "must be > 0")

@@ -81,10 +81,13 @@ def _content_hash(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> st
 
 def save_bundle(path: str | Path, *, config: Config, norm_stats: NormStats, kind: str, arch: dict[str, Any],
                 arrays: dict[str, np.ndarray], metrics: dict[str, Any] | None = None,
-                training: dict[str, Any] | None = None, normalisation: dict[str, Any] | None = None) -> str:
+                training: dict[str, Any] | None = None, normalisation: dict[str, Any] | None = None,
+                settle: Any = None) -> str:
     """Write a bundle; returns its content hash. ``kind``: "sequence" (``arch`` = ``ModelSpec``
     dict, ``arrays`` = state_dict) or "gpr" (``arch`` = kernel parameters, ``arrays`` = GPR arrays).
-    ``normalisation``: :meth:`models.dataset.Normalisation.to_dict` (absent: frozen ``norm_stats``)."""
+    ``normalisation``: :meth:`models.dataset.Normalisation.to_dict` (absent: frozen ``norm_stats``).
+    ``settle``: the model's measured settling span (:class:`models.settle.Settle` or its dict;
+    absent: the loop refuses the bundle, :attr:`Bundle.settle_hops`)."""
     if kind not in (SEQUENCE, GPR):
         raise ValueError(f"bundle kind must be {SEQUENCE!r} or {GPR!r}, got {kind!r}")
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -99,8 +102,25 @@ def save_bundle(path: str | Path, *, config: Config, norm_stats: NormStats, kind
         "config": config.to_dict(),
         "metrics": metrics or {},
         "training": training or {},
+        **({"settle": _settle_dict(settle)} if settle is not None else {}),
     }
     return _write(path, manifest, arrays)
+
+
+def _settle_dict(settle: Any) -> dict[str, Any]:
+    from models.settle import Settle
+
+    d = settle.to_dict() if hasattr(settle, "to_dict") else dict(settle)
+    Settle.from_dict(d)  # checked before it is written
+    return d
+
+
+def save_settle(bundle: "Bundle", path: str | Path, settle: Any) -> str:
+    """Write ``bundle`` again (weights, metrics, every other manifest field unchanged) with its
+    measured settling span ``settle`` (:func:`models.settle.measure_settle`); the content hash."""
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["settle"] = _settle_dict(settle)
+    return _write(path, manifest, dict(bundle.arrays))
 
 
 def _write(path: str | Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
@@ -124,7 +144,8 @@ def save_derived(bundle: "Bundle", path: str | Path, *, arrays: dict[str, np.nda
                  training: dict[str, Any]) -> str:
     """Write a copy of ``bundle`` with some ``arrays`` replaced (same names, shapes and dtypes)
     and ``training`` merged into its training facts; everything else (config, statistics, any
-    other manifest field) is kept, except ``metrics``, which described the old weights."""
+    other manifest field, the settling span ``settle`` included) is kept, except ``metrics``,
+    which described the old weights."""
     for k, v in arrays.items():
         old = bundle.arrays.get(k)
         if old is None or old.shape != v.shape or old.dtype != v.dtype:
@@ -164,6 +185,24 @@ class Bundle:
         return self.manifest["metrics"]
 
     @property
+    def settle_hops(self) -> int:
+        """Hops after an engine reset during which the model's output is not yet what a
+        continuously running engine gives (measured, :mod:`models.settle`): the loop flags them
+        WARMUP. BundleError naming the fix for a bundle saved before the field existed."""
+        from models.settle import Settle
+
+        d = self.manifest.get("settle")
+        if d is None:
+            raise BundleError(f"{self.path}: the bundle has no measured model settling span ('settle'; saved before "
+                              "it existed): measure it on the bundle's training recordings with `python -m "
+                              f"models.settle {self.path} REC...`, or retrain it with "
+                              "`exoloop train`")
+        try:
+            return Settle.from_dict(d).hops
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{self.path}: invalid 'settle' in the manifest: {exc}") from None
+
+    @property
     def normalisation(self) -> Any:
         """How sessions are normalised (:class:`models.dataset.Normalisation`): frozen
         ``norm_stats``, or fitted on each session's first seconds (``norm_stats`` the fallback)."""
@@ -201,17 +240,23 @@ class Bundle:
 
     def engine(self, kind: str = "compiled") -> Any:
         """A fresh :class:`~models.step_engine.StepEngine`: "compiled" (Numba) or "eager" (torch);
-        a GPR bundle always gives its (Numba) :class:`~models.baselines.GPRStepEngine`."""
+        a GPR bundle always gives its (Numba) :class:`~models.baselines.GPRStepEngine`. Its
+        ``settle_hops`` attribute is :attr:`settle_hops` (None for a bundle without it)."""
         if kind not in ("compiled", "eager"):
             raise ValueError(f"engine kind must be 'compiled' or 'eager', got {kind!r}")
         model = self.model()
         if self.kind == GPR:
             from models.baselines import GPRStepEngine
 
-            return GPRStepEngine(model)
-        from models.step_engine import CompiledStepEngine, EagerStepEngine
+            eng = GPRStepEngine(model)
+        else:
+            from models.step_engine import CompiledStepEngine, EagerStepEngine
 
-        return CompiledStepEngine(model) if kind == "compiled" else EagerStepEngine(model)
+            eng = CompiledStepEngine(model) if kind == "compiled" else EagerStepEngine(model)
+        # what rt.loop.Loop flags after each reset; None (not measured): the loop refuses the engine
+        eng.settle_hops = self.settle_hops if "settle" in self.manifest else None
+        eng.settle_source = str(self.path)
+        return eng
 
     def check_compatible(self, config: Config) -> None:
         """Raise :class:`BundleMismatch` naming each difference in channels, rate, window/hop,

@@ -25,6 +25,24 @@ restarts it before pushing the new stream's first chunk; either way the first fr
 carries RESTART and the loop resets the step engine before stepping it (``resets`` in
 ``status``).
 
+Model settling (``settle_hops``, the bundle's measured span, :mod:`models.settle`; the engine's
+``settle_hops`` attribute unless given, and an engine from a bundle without it is refused): a
+reset engine needs that many hops before its output is what a continuously running one gives, so
+the ``settle_hops`` frames after a reset carry WARMUP. A contamination bit is any of the front
+end's INVALID bits or RATE (not STALE: that is about the frame's time, not its content). After
+a RESTART frame the engine is reset and runs on through the front end's warm-up frames as at a
+session's start (so a restarted stream equals a new session started there); WARMUP then covers
+the ``settle_hops`` frames from the first clean one. After a non-finite step the engine is
+reset and the next ``settle_hops`` frames carry WARMUP. At the first clean frame after
+contaminated ones that follow a clean frame (a 1e6 mV spike, held NaN, a wrong rate) the engine
+is reset, dropping the state that absorbed those features, and the next ``settle_hops`` frames,
+that one included, carry WARMUP (``settle_resets`` and ``settling``, frames flagged by the
+settling, in ``status``). A session's own start is not flagged: until its first clean frame the
+engine runs from its reset through the warm-up frames, the path it was trained on and the
+continuous run the settling is measured against (a clean session still equals its offline
+replay). The span is measured for both the reset and the reset-then-warm-up paths.
+:func:`models.settle.gated_run` is the same rule offline.
+
 Online adaptation (optional ``adapter``, :class:`models.adapt.ReadoutAdapter`): after each
 step, ``adapter.observe(t_src, flags, y)`` (``flags`` with STALE if the frame is already stale
 then: the adapter never learns from a stale frame) returns what to publish (the adapted readout's
@@ -120,7 +138,14 @@ class Loop:
                  publisher: Publisher | None = None, *, supervisor: Supervisor | None = None,
                  status_interval_s: float = 1.0, record: bool = False, keep: int = 0,
                  pull_timeout_s: float = 0.05, source_clock_local: bool = True, spin_s: float = 0.0,
-                 adapter: Any = None):
+                 adapter: Any = None, settle_hops: int | None = None):
+        if settle_hops is None:
+            settle_hops = getattr(engine, "settle_hops", 0)
+            if settle_hops is None:
+                raise ValueError(f"model bundle {getattr(engine, 'settle_source', '?')} has no measured model settling "
+                                 "span ('settle'; saved before it existed): add it with `python -m models.settle "
+                                 "BUNDLE REC...` on the bundle's training recordings, or retrain with `exoloop train`")
+        self.settle_hops = int(settle_hops)
         self.config = config
         self.frontend = frontend
         self.engine = engine
@@ -144,6 +169,8 @@ class Loop:
         self.out_of_domain = 0
         self.stale = 0
         self.resets = 0
+        self.settle_resets = 0  # engine resets at the first clean frame after contaminated ones
+        self.settling = 0  # frames flagged WARMUP while the reset engine settles
         #: a live frame older (or newer) than this is STALE: one hop (s)
         self.stale_s = config.frontend.window.hop / config.stream.fs
         self.delay_s = float(getattr(frontend, "delay_samples", 0)) / config.stream.fs
@@ -199,6 +226,9 @@ class Loop:
             "out_of_domain": self.out_of_domain,  # frames flagged OUT_OF_DOMAIN (informational)
             "stale": self.stale,  # frames flagged STALE
             "resets": self.resets,  # front end + step engine restarts (gap, clock jump, reconnect)
+            "settle_hops": self.settle_hops,  # frames flagged WARMUP after each engine reset
+            "settle_resets": self.settle_resets,  # engine resets at the first clean frame after contamination
+            "settling": self.settling,  # frames flagged WARMUP while the reset engine settles
             "fs_arrival": float(getattr(st, "fs_arrival", math.nan)),  # samples per second of local clock
         }
 
@@ -213,6 +243,9 @@ class Loop:
         rec, last_good, invalid = self._record, self._last_good, F.INVALID
         restart_bit, ood_bit, stale_bit, rate_bit = F.RESTART, F.OUT_OF_DOMAIN, F.STALE, F.RATE
         stale_s = self.stale_s
+        settle_hops, settle_left, dirty = self.settle_hops, 0, False  # frames still settling; contaminated state
+        seen_clean = settle_next = False  # a clean frame stepped since the (re)start; a restart to settle
+        contaminated, warmup_bit = F.INVALID & ~F.STALE, F.WARMUP
         restart_fe = getattr(fe, "restart", None) or fe.reset
         stats = getattr(src, "stats", None)
         reconnects = int(getattr(stats, "reconnects", 0))
@@ -255,8 +288,23 @@ class Loop:
                 for i in range(len(frames.t)):
                     fl = int(frames.flags[i]) | src_flags
                     if fl & restart_bit:  # the front end restarted: so does the recurrent state
-                        eng.reset()
+                        eng.reset()  # (a new session for it: it settles from its first clean frame)
                         self.resets += 1
+                        settle_left, dirty, seen_clean, settle_next = 0, False, False, True
+                    elif fl & contaminated:  # the state absorbs features that are not a measurement
+                        dirty = dirty or seen_clean  # (a session's own start is the trained path)
+                    elif dirty:  # first clean frame after them: drop that state, settle from a reset
+                        eng.reset()
+                        self.settle_resets += 1
+                        settle_left, dirty, settle_next = settle_hops, False, False
+                    else:
+                        seen_clean = True
+                        if settle_next:  # first clean frame after a restart
+                            settle_left, settle_next = settle_hops, False
+                    if settle_left:
+                        fl |= warmup_bit
+                        settle_left -= 1
+                        self.settling += 1
                     ta = clock()
                     y = eng.step(frames.features[i])
                     if adapter is not None:  # what to publish: the adapted or the static readout;
@@ -270,6 +318,7 @@ class Loop:
                         fl |= F.NONFINITE
                         self.nonfinite_steps += 1
                         eng.reset()
+                        settle_left = settle_hops
                     t_src = float(frames.t[i])
                     t_pub = clock()
                     if local and abs(t_pub - t_src) > stale_s:

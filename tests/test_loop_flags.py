@@ -143,4 +143,68 @@ def test_gap_in_the_stream_resets_the_step_engine(uci_config, bundle):
     k = len(res.t) - len(ref.t)
     assert loop.resets == 1 and res.flags[k] & F.RESTART and loop.status(0.0)["resets"] == 1
     np.testing.assert_array_equal(res.values[k:], ref.values)  # the engine restarted from its reset state
-    np.testing.assert_array_equal(res.flags[k:] & ~np.uint32(F.GAP | F.RESTART), ref.flags)
+    # ... like a new session there, except that the model's settling span after the restart is
+    # flagged: WARMUP on the settle_hops frames from the first clean one (a new session's own
+    # start is the trained path, not flagged)
+    n = loop.settle_hops
+    assert n == bundle.settle_hops > 0
+    c = k + int(np.nonzero((ref.flags & F.INVALID) == 0)[0][0])  # first clean frame after the restart
+    assert np.all(res.flags[c:c + n] & F.WARMUP) and not np.any(ref.flags[c - k:c - k + n] & F.WARMUP)
+    assert len(res.t) > c + n and not res.flags[c + n] & F.WARMUP
+    expected = ref.flags.copy()
+    expected[c - k:c - k + n] |= np.uint32(F.WARMUP)
+    np.testing.assert_array_equal(res.flags[k:] & ~np.uint32(F.GAP | F.RESTART), expected)
+    assert loop.status(0.0)["settling"] == n and loop.settle_resets == 0
+
+
+def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_config, bundle):
+    """Real LSL (a Player whose stamps jump 3 s: a gap, then a 1e6 mV spike) into a Loop on the
+    shipped bundle: after the RESTART, the settle_hops frames from the first clean one carry
+    WARMUP; at the first clean frame after the spike's flagged stretch the engine is reset and the
+    next settle_hops frames carry WARMUP; values and flags (but STALE, about time) equal
+    models.settle.gated_run over the same frames offline (RATE taken from the live run: measured)."""
+    from kernels.frontend import run_offline
+    from models.settle import gated_run
+
+    cfg = bundle.config
+    fs = cfg.stream.fs
+    rec = _recording(cfg, 16.0, seed=3)
+    cut, spike = int(4 * fs), int(10 * fs)
+    t = rec.timestamps.copy()
+    t[cut:] += 3.0
+    x = rec.samples.copy()
+    x[spike, 0] = 1e6
+    rec = Recording(timestamps=t, samples=x, channel_names=rec.channel_names, channel_units=rec.channel_units, fs=fs)
+    ref = run_offline(FrontEnd(cfg, bundle.norm_stats), t, x, chunk=10)
+    name = f"settle-{uuid.uuid4().hex[:8]}"
+    player = Player(rec, name, chunk=10)
+    src = LslSource(name, cfg, resolve_timeout=10.0)
+    src.open()
+    assert player.have_consumers(10.0)
+    loop = Loop(cfg, FrontEnd(cfg, bundle.norm_stats), bundle.engine("compiled"), src, record=True,
+                source_clock_local=True)
+    loop.warmup()
+    th, stop = _play(player)
+    try:
+        res = loop.run(max_hops=len(ref.t), duration=120.0)
+    finally:
+        stop.set()
+        th.join()
+        src.close()
+        player.close()
+    assert len(res.t) == len(ref.t), "every sample arrived"
+    n = loop.settle_hops
+    assert n == bundle.settle_hops > 0 and loop.resets == 1 and loop.settle_resets == 1
+    live = res.flags & ~np.uint32(F.STALE)
+    values, flags = gated_run(bundle.engine("compiled"), ref.features, ref.flags, n, extra=res.flags & F.RATE)
+    np.testing.assert_array_equal(live, flags)
+    np.testing.assert_allclose(res.values, values, rtol=0, atol=1e-5)
+    bad = (live & ~np.uint32(F.WARMUP) & F.INVALID) != 0  # invalid for any reason but the settling
+    r = int(np.nonzero(live & F.RESTART)[0][0])
+    c = r + int(np.nonzero(~bad[r:])[0][0])  # first clean frame after the restart
+    assert np.all(live[c:c + n] & F.WARMUP) and not live[c + n] & F.WARMUP
+    s0 = int(np.nonzero(ref.flags & F.SATURATION)[0][0])  # the spike's flagged stretch
+    s1 = s0 + int(np.nonzero(~bad[s0:])[0][0])  # its first clean frame: the engine was reset there
+    assert np.all(live[s1:s1 + n] & F.WARMUP) and not live[s1 + n] & F.WARMUP
+    assert not np.any(ref.flags[c:c + n] & F.WARMUP) and not np.any(ref.flags[s1:s1 + n] & F.WARMUP)
+    assert loop.status(0.0)["settling"] == 2 * n

@@ -85,7 +85,8 @@ def test_nonfinite_step_publishes_last_good_values_flagged(rec_and_bundle, tmp_p
     assert head, f"no output bias among {list(arrays)}"
     arrays[head[-1]] = np.full_like(arrays[head[-1]], np.nan)
     bad = tmp_path / "nan.exo"
-    save_bundle(bad, config=b.config, norm_stats=b.norm_stats, kind=SEQUENCE, arch=b.manifest["arch"], arrays=arrays)
+    save_bundle(bad, config=b.config, norm_stats=b.norm_stats, kind=SEQUENCE, arch=b.manifest["arch"], arrays=arrays,
+                settle=b.manifest["settle"])
     r = replay(rec, bad, out=tmp_path / "p.npz")
     z = np.load(tmp_path / "p.npz")
     assert r.nonfinite_steps == r.hops > 0
