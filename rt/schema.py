@@ -9,7 +9,8 @@
 - ``status`` (1 Hz): ``{v, t_pub, targets, channels, fs_nominal, fs_measured, hops,
   samples_dropped, gaps, latency_ms: {p50, p99, max}, forecaster}``
 - ``forecaster`` (the worker's own state, each report): ``{v, pid, preds, bad_preds, missing,
-  refreshes, skipped, last_refresh_ms, last_seq, model, heartbeat, progress, busy_ms}``
+  refreshes, skipped, last_refresh_ms, last_seq, model, heartbeat, progress, busy_ms}`` (the worker
+  adds ``refused``, a count per :data:`REASONS`, and ``reconnects``: keys beyond v1)
 
 Times are seconds on the LSL clock (``pylsl.local_clock()``). Decoding is defensive: any
 frame list and any payload either gives a message whose fields have the documented types
