@@ -1,28 +1,24 @@
 """``exoloop bench loop``: how long a sample takes from the device to the actuator controller.
 
-Live part, every cell a fresh set of OS processes on loopback:
+This module runs the grid and writes the report; each job has its own module: a live cell
+(player, loop and subscriber processes; the conditions ``idle`` / ``forecaster`` / ``stress``)
+in :mod:`bench.loop_cells`, the loop process of a cell in :mod:`bench.loop_child`, the seed's
+way in :mod:`bench.loop_seed`, the offline replay in :mod:`bench.loop_replay`, the inputs per
+profile in :mod:`bench.loop_inputs`, the per-part figures and table in :mod:`bench.loop_report`,
+the plots in :mod:`bench.loop_plots`.
 
-- a player process (``exoloop play --loop``) stamps each chunk with LSL timestamps;
-- the loop process (this module's ``_child`` entry: the library's :func:`rt.runner.run_live`,
-  or for the seed's way a :class:`rt.loop.Loop` with :class:`SeedFrontEnd`/:class:`SeedEngine`);
-- this process subscribes to ``pred``: end-to-end latency = receive time − ``t_src`` (both LSL
-  clock, same host), the first ``--skip`` seconds of predictions left out (start-up backlog).
-
-Conditions: ``idle``; ``forecaster`` (the loop spawns the Lag-Llama worker, 1 torch thread);
-``stress`` (a busy-loop process pinned to the last core, the loop pinned to core 0).
 Variants side by side: (a) ``compiled`` — our loop; (b) ``eager`` — the same loop with the
 ``xlstm`` package's own step; (c) ``seed`` — the seed's way: for every prediction the features
-of the last 1926 frames are recomputed from raw samples and the whole model is run over them
-(here with our own front end in batch and the package's sequence forward; the seed used
-scipy/PyWavelets, which is slower). The seed's way runs in the idle condition only unless
-``--seed-everywhere`` (it saturates a core and would make the other cells meaningless).
+of the last 1926 frames are recomputed from raw samples and the whole model is run over them.
+The seed's way runs in the idle condition only unless ``--seed-everywhere`` (it saturates a
+core and would make the other cells meaningless).
 
 ``--tuning``: instead, cells of the compiled loop in one condition with one change each
 (:mod:`bench.loop_tuning`: ``ipc://``, the spin-then-block wait, SCHED_FIFO, pinning, nice) against
 tcp + blocking wait, interleaved over rounds; see docs/loop.md "Latency tuning".
 
 Offline part: ``replay --fast`` throughput (× real time) and the loop's per-hop processing
-time (chunk arrival → ``pred`` sent), compiled vs eager, in this process. Plots: :mod:`bench.loop_plots`.
+time (chunk arrival → ``pred`` sent), compiled vs eager, in this process.
 
 ``--profile siat_llmd`` has no bundled data or model: a synthetic 9-channel recording
 (:func:`bench.synth.synth_emg`) and a random-weight bundle stand in (stated in the report).
@@ -31,342 +27,19 @@ time (chunk arrival → ``pred`` sent), compiled vs eager, in this process. Plot
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import re
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from bench.loop_tuning import Tuning
-
-ROOT = Path(__file__).resolve().parent.parent
-CONDITIONS = ("idle", "forecaster", "stress")
-VARIANTS = ("compiled", "eager", "seed")
-SEED_FRAMES = 1926
-
-
-# -- the seed's way ---------------------------------------------------------------------------
-
-class SeedFrontEnd:
-    """For every frame, recompute the features of the last ``frames`` frames from raw samples.
-
-    Keeps the raw samples (and timestamps) needed for ``frames`` windows; a streaming
-    :class:`kernels.frontend.FrontEnd` only decides when a frame is due (its ``t``/``flags``).
-    ``history`` holds the recomputed ``float32[frames, F]`` for :class:`SeedEngine`.
-    """
-
-    def __init__(self, config: Any, stats: Any, frames: int = SEED_FRAMES):
-        from kernels.frontend import FrontEnd
-
-        self.live = FrontEnd(config, stats)
-        self.batch = FrontEnd(config, stats)
-        w = config.frontend.window
-        self.keep = (frames - 1) * w.hop + w.length + self.live.delay_samples
-        self.frames = frames
-        self.delay_samples = self.live.delay_samples
-        self._t = np.zeros(0)
-        self._x = np.zeros((0, config.stream.n_channels), np.float32)
-        self.history = np.zeros((0, config.n_features), np.float32)
-
-    def warmup(self) -> None:
-        self.live.warmup()
-        self.batch.warmup()
-
-    def reset(self) -> None:
-        self.live.reset()
-        self._t, self._x = self._t[:0], self._x[:0]
-
-    def push(self, timestamps: np.ndarray, samples: np.ndarray):
-        from kernels.frontend import run_offline
-
-        self._t = np.concatenate((self._t, timestamps))[-self.keep:]
-        self._x = np.concatenate((self._x, samples))[-self.keep:]
-        frames = self.live.push(timestamps, samples)
-        for _ in range(len(frames.t)):
-            self.history = run_offline(self.batch, self._t, self._x, chunk=4096).features[-self.frames:]
-        return frames
-
-
-class SeedEngine:
-    """Run the whole model (the package's sequence forward) over ``frontend.history`` per step."""
-
-    def __init__(self, bundle: Any, frontend: SeedFrontEnd):
-        self.model = bundle.model()
-        self.fe = frontend
-        self.ctx = self.model.spec.context
-        self.n_targets = self.model.spec.n_targets
-
-    def warmup(self) -> None:
-        pass
-
-    def reset(self) -> None:
-        pass
-
-    def step(self, frame: np.ndarray) -> np.ndarray:
-        import torch
-
-        h = self.fe.history if len(self.fe.history) else frame[None, :]
-        x = torch.from_numpy(np.ascontiguousarray(h, np.float32))[None]
-        state = None
-        with torch.no_grad():
-            for i in range(0, x.shape[1], self.ctx):  # the model's longest forward; state carried
-                z, state = self.model(x[:, i:i + self.ctx], state)
-            return self.model.to_units(z[0, -1]).numpy().astype(np.float32)
-
-
-# -- the loop process ---------------------------------------------------------------------------
-
-def _child(argv: list[str]) -> int:
-    """Loop process of one cell; writes its stage summary to ``--report`` as JSON."""
-    p = argparse.ArgumentParser(prog="bench.loop _child")
-    p.add_argument("--name", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--publish", required=True)
-    p.add_argument("--variant", choices=VARIANTS, required=True)
-    p.add_argument("--forecaster", action="store_true")
-    p.add_argument("--checkpoint")
-    p.add_argument("--duration", type=float, required=True)
-    p.add_argument("--report", required=True)
-    p.add_argument("--spin-us", type=float)
-    p.add_argument("--cpus", default="")
-    p.add_argument("--fifo", type=int)
-    p.add_argument("--nice", type=int)
-    p.add_argument("--timer-slack-ns", type=int)
-    a = p.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    answered: dict[str, str] = {}
-    cpu_s = float("nan")  # the loop process's CPU seconds (start-up included), compiled/eager only
-    if a.variant == "seed":
-        from rt.loop import Loop
-        from rt.publish import Publisher
-        from rt.runner import load_model
-        from rt.sources import LslSource
-
-        bundle, config = load_model(a.model)
-        fe = SeedFrontEnd(config, bundle.norm_stats)
-        pub = Publisher(a.publish)
-        src = LslSource(a.name, config, resolve_timeout=30)
-        loop = Loop(config, fe, SeedEngine(bundle, fe), src, pub)
-        loop.warmup()
-        src.open()
-        try:
-            r = loop.run(duration=a.duration)
-        finally:
-            pub.close()
-            src.close()
-    else:
-        import resource
-
-        from rt.runner import run_live
-
-        hints = {k: v for k, v in (("cpus", {int(c) for c in a.cpus.split(",") if c}), ("fifo_priority", a.fifo),
-                                   ("nice", a.nice), ("timer_slack_ns", a.timer_slack_ns)) if v}
-        r = run_live(a.name, a.model, publish=a.publish, engine_kind=a.variant, forecaster=a.forecaster,
-                     checkpoint=a.checkpoint, duration=a.duration, resolve_timeout=30,
-                     forecaster_log=subprocess.DEVNULL, hints=hints,
-                     **({"spin_s": a.spin_us * 1e-6} if a.spin_us is not None else {}),
-                     hints_report=answered)
-        use = resource.getrusage(resource.RUSAGE_SELF)
-        cpu_s = use.ru_utime + use.ru_stime
-    Path(a.report).write_text(json.dumps({"hops": r.hops, "stages_ms": r.stages_ms, "wall_s": r.wall_s,
-                                          "hints": answered, "cpu_s": cpu_s}))
-    return 0
-
-
-# -- one live cell --------------------------------------------------------------------------------
-
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: float, skip: float,
-             checkpoint: Path | None, workdir: Path, tuning: Tuning | None = None) -> dict[str, Any]:
-    """Player + loop (+ stress) processes for ``duration`` s; returns latencies (s), stages, the
-    player's own lateness (pushed − due, s) and what the OS answered to ``tuning``'s hints."""
-    import pylsl
-    import zmq
-
-    from bench.loop_tuning import Tuning
-    from rt import schema
-
-    env = dict(os.environ)
-    env.setdefault("LSLAPICFG", str(ROOT / "configs" / "lsl_api.cfg"))
-    tuning = tuning or Tuning("as shipped", spin_us=None)
-    name = f"bench-{os.getpid()}-{condition}-{variant}-{abs(hash(tuning.name)) % 10**6}"
-    ep = f"ipc://{workdir}/{name}.ipc" if tuning.ipc else _port()
-    report = workdir / f"{name}.json"
-    cores = sorted(os.sched_getaffinity(0))
-    procs: list[subprocess.Popen] = []
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, schema.PRED)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.LINGER, 0)
-    recv, src, pub = [], [], []
-    try:
-        if condition == "stress":
-            stress = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            procs.append(stress)
-            if len(cores) > 1:
-                os.sched_setaffinity(stress.pid, {cores[-1]})
-        player = subprocess.Popen([sys.executable, "-m", "rt.cli", "play", str(rec), "--name", name, "--loop",
-                                   "--quiet"], env=env, stdout=subprocess.PIPE, text=True)
-        procs.append(player)
-        child = [sys.executable, "-m", "bench.loop", "_child", "--name", name, "--model", str(model),
-                 "--publish", ep, "--variant", variant, "--duration", str(duration + skip), "--report", str(report)]
-        child += tuning.child_args()
-        if condition == "forecaster":
-            child += ["--forecaster"] + (["--checkpoint", str(checkpoint)] if checkpoint else [])
-        loop = subprocess.Popen(child, env=env, stderr=subprocess.PIPE, text=True)
-        procs.append(loop)
-        if condition == "stress" and len(cores) > 1:
-            os.sched_setaffinity(loop.pid, {cores[0]})
-        sub.connect(ep)
-        clock = pylsl.local_clock
-        while loop.poll() is None:
-            if sub.poll(200):
-                topic, payload = sub.recv_multipart()
-                now = clock()
-                m = schema.decode(topic, payload)
-                recv.append(now)
-                src.append(m["t_src"])
-                pub.append(m["t_pub"])
-        err = loop.stderr.read()
-        if loop.returncode != 0:
-            raise RuntimeError(f"loop process ({variant}, {condition}) exited {loop.returncode}:\n{err[-2000:]}")
-        player.terminate()
-        late_ms = _player_late_ms(player.communicate(timeout=20)[0])
-    finally:
-        sub.close(0)
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-    recv_a, src_a, pub_a = np.array(recv), np.array(src), np.array(pub)
-    keep = recv_a >= (recv_a[0] + skip if len(recv_a) else 0)
-    child_report = json.loads(report.read_text())
-    return {"e2e": recv_a[keep] - src_a[keep], "transport": recv_a[keep] - pub_a[keep],
-            "stages_ms": child_report["stages_ms"], "hints": child_report.get("hints", {}),
-            "cpu_s": child_report.get("cpu_s", float("nan")),
-            "player_late_ms": late_ms, "n_total": len(recv_a)}
-
-
-def _player_late_ms(stdout: str) -> float:
-    """The player's median lateness (ms) from the summary line ``exoloop play`` prints at exit."""
-    m = re.search(r"late p50 ([0-9.]+) ms", stdout or "")
-    return float(m.group(1)) if m else float("nan")
-
-
-# -- offline part ----------------------------------------------------------------------------
-
-def replay_figures(rec: Path, model: Path, min_seconds: float = 20.0) -> dict[str, dict[str, Any]]:
-    """``replay --fast`` per engine: throughput (× real time) and per-hop processing times (µs)."""
-    from rt.recordings import load_recording
-    from rt.runner import build_loop, load_model
-    from rt.sources import ReplaySource
-
-    bundle, config = load_model(model)
-    r = load_recording(rec, config=config)
-    reps = max(1, int(np.ceil(min_seconds / (len(r.timestamps) / r.fs))))
-    out = {}
-    for kind in ("compiled", "eager"):
-        loop = build_loop(bundle, config, None, None, engine_kind=kind, source_clock_local=False, keep=1 << 17)
-        samples = wall = 0.0
-        for _ in range(reps):
-            loop.source = ReplaySource(r, chunk=config.frontend.window.hop)
-            loop.frontend.reset()
-            loop.engine.reset()
-            t0 = time.perf_counter()
-            res = loop.run()
-            wall += time.perf_counter() - t0
-            samples = res.samples
-        hop = loop.times["hop"]
-        out[kind] = {"xrt": samples / r.fs / wall, "hop_us": 1e6 * hop.raw(), "seconds": samples / r.fs,
-                     "hop_p50_us": 1e6 * hop.percentile(50)}
-    return out
-
-
-# -- inputs per profile --------------------------------------------------------------------------
-
-def prepare(profile: str, workdir: Path, model: str | None) -> tuple[Path, Path, list[str]]:
-    """(recording, bundle, notes) for ``profile``."""
-    from kernels.config import load_config
-
-    from bench.synth import random_bundle, synth_emg, write_recording
-
-    config = load_config(profile)
-    notes = []
-    if profile == "uci_lower_limb":
-        rec = ROOT / "data" / "recordings" / "uci-lower-limb" / "1Nmar.txt"
-        notes.append(f"Recording: bundled UCI {rec.name} (real, 4 ch at 1000 Hz), played in a loop.")
-    else:
-        x, y = synth_emg(config, 20.0)
-        rec = write_recording(workdir / "synth.exorec", config, x, y)
-        notes.append("Recording: SYNTHETIC 9-channel sEMG-like noise at 1920 Hz, 20 s (bench.synth.synth_emg) — "
-                     "no SIAT-LLMD data is bundled.")
-    if model:
-        bundle = Path(model)
-        notes.append(f"Model: {bundle}.")
-    else:
-        found = sorted((ROOT / "data" / "models").glob("*.exo"))
-        if profile == "uci_lower_limb" and found:
-            bundle = found[0]
-            notes.append(f"Model: bundled {bundle.name}.")
-        else:
-            from rt.recordings import load_recording
-
-            r = load_recording(rec, config=config)
-            bundle = random_bundle(workdir / "random.exo", config, [(r.timestamps, r.samples)])
-            notes.append(f"Model: RANDOM-WEIGHT {config.model.arch} bundle (hidden {config.model.hidden}, "
-                         f"{config.model.layers} layers; timing only, no accuracy).")
-    return rec, bundle, notes
-
-
-# -- report ---------------------------------------------------------------------------------------
-
-PARTS = ("player late", "lsl", "frontend", "step", "publish", "zmq")
-
-
-def stage_parts(cell: dict[str, Any]) -> dict[str, float]:
-    """Median per part (ms), end to end: the player's lateness (pushed − due; inside the sample's
-    age), LSL (age − front end − step − player lateness: transport and the loop's wake-up),
-    front end, step, publish (encode + send), ZeroMQ (receive − t_pub − publish)."""
-    st = cell["stages_ms"]
-    age = st["age"]["p50"]
-    tr = float(np.median(1e3 * cell["transport"])) if cell["transport"].size else 0.0
-    fe, sp, pb = st["frontend"]["p50"], st["step"]["p50"], st["publish"]["p50"]
-    late = cell["player_late_ms"] if math.isfinite(cell["player_late_ms"]) else 0.0
-    return {"player late": late, "lsl": max(age - fe - sp - late, 0.0), "frontend": fe, "step": sp,
-            "publish": pb, "zmq": max(tr - pb, 0.0)}
-
-
-def percentiles(v_ms: np.ndarray) -> dict[str, float]:
-    if v_ms.size == 0:
-        return {k: float("nan") for k in ("p50", "p90", "p99", "p99.9", "max")}
-    q = np.percentile(v_ms, [50, 90, 99, 99.9])
-    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "p99.9": float(q[3]), "max": float(v_ms.max())}
-
-
-def forecaster_checkpoint(checkpoint: str | None) -> Path:
-    """The forecaster's checkpoint: given, else the bundled one, else the test suite's tiny one."""
-    ckpt = Path(checkpoint) if checkpoint else ROOT / "data" / "models" / "lagllama-exoloop.ckpt"
-    return ckpt if ckpt.exists() else ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
+from bench.loop_cells import CONDITIONS, VARIANTS, run_cell
+from bench.loop_inputs import ROOT, forecaster_checkpoint, prepare
+from bench.loop_plots import plot_cells
+from bench.loop_replay import replay_figures
+from bench.loop_report import latency_table, percentiles, stage_parts
+from bench.loop_tuning import TUNINGS, run_tuning
 
 
 def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float = 15.0, skip: float = 2.0,
@@ -377,7 +50,6 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
     """Run the benchmark; write ``loop.json``, ``loop.md``, ``loop_cdf.png``, ``loop_stages.png`` to ``out``."""
     from tqdm import tqdm
 
-    from bench.loop_plots import plot_cells
     from bench.report import result, write_report
     from kernels.config import load_config
 
@@ -429,27 +101,13 @@ def run(profile: str = "siat_llmd", duration: float = 20.0, seed_duration: float
                  f"the player (its sleep overshoot, inside every sample's age); lsl = loop's age − front end − "
                  f"step − player late (LSL transport and the loop's wake-up); publish = encode + send; zmq = "
                  f"receive − t_pub − publish (ZeroMQ delivery and the subscriber's wake-up).")
-    notes.append(_table(results))
+    notes.append(latency_table(results))
     notes.extend(f"![{p.stem}]({p.name})" for p in pngs)
     return write_report(results, out / "loop.json", title=f"exoloop bench loop ({profile})", notes="\n\n".join(notes))
 
 
-def _table(results: list[dict[str, Any]]) -> str:
-    rows = ["| case | p50 | p90 | p99 | p99.9 | max | misses | n |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        if r["metric"] != "e2e_ms":
-            continue
-        rows.append(f"| {r['case']} | {r['p50']:.3g} | {r['p90']:.3g} | {r['p99']:.3g} | {r['p99.9']:.3g} | "
-                    f"{r['max']:.3g} | {r['deadline_misses']} | {r['n']} |")
-    return "End-to-end latency (ms):\n\n" + "\n".join(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_child"]:
-        return _child(argv[1:])
-    from bench.loop_tuning import TUNINGS, run_tuning
-
     p = argparse.ArgumentParser(prog="exoloop bench loop", description=(
         "End-to-end latency player -> loop -> subscriber (separate processes, real LSL and ZeroMQ) for "
         "the conditions idle / forecaster / stress and the variants compiled / eager / seed, side by side; "

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.loop import CONDITIONS, PARTS, VARIANTS
+from bench.loop_cells import CONDITIONS, VARIANTS
+from bench.loop_report import PARTS
 
 
 def plot_cells(cells: dict[tuple[str, str], dict[str, Any]], out: Path, budget_ms: float) -> list[Path]:

@@ -1,42 +1,21 @@
 """``exoloop bench loop --tuning``: the compiled loop with one change to its process per cell.
 
-Each :class:`Tuning` in :data:`TUNINGS` (``ipc://``, the spin-then-block wait, SCHED_FIFO, pinning,
-nice, and combinations) runs as a live cell of :func:`bench.loop.run_cell` in one condition against
+Each :class:`bench.loop_cells.Tuning` in :data:`TUNINGS` (``ipc://``, the spin-then-block wait, SCHED_FIFO, pinning,
+nice, and combinations) runs as a live cell of :func:`bench.loop_cells.run_cell` in one condition against
 tcp + blocking wait, interleaved over rounds; see docs/loop.md "Latency tuning".
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.loop import PARTS, ROOT, forecaster_checkpoint, percentiles, prepare, run_cell, stage_parts
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """One change to the loop process. Defaults: tcp, blocking wait, no OS hints; ``spin_us=None``:
-    :func:`rt.runner.run_live`'s own default (the loop as ``exoloop run`` runs it)."""
-
-    name: str
-    ipc: bool = False                 # publish on ipc:// instead of tcp://127.0.0.1
-    spin_us: float | None = 0.0       # Loop spin_s: spin-then-block inlet wait (0: blocking)
-    cpus: tuple[int, ...] = ()        # pin the hot-path threads (rt.realtime.apply_hints)
-    fifo: int | None = None           # SCHED_FIFO priority of the hot-path threads
-    nice: int | None = None           # niceness of the hot-path threads
-    timer_slack_ns: int | None = None
-    notes: tuple[str, ...] = field(default=(), compare=False)
-
-    def child_args(self) -> list[str]:
-        args = ["--spin-us", str(self.spin_us)] if self.spin_us is not None else []
-        args += ["--cpus", ",".join(map(str, self.cpus))] if self.cpus else []
-        args += ["--fifo", str(self.fifo)] if self.fifo is not None else []
-        args += ["--nice", str(self.nice)] if self.nice is not None else []
-        return args + (["--timer-slack-ns", str(self.timer_slack_ns)] if self.timer_slack_ns is not None else [])
+from bench.loop_cells import Tuning, run_cell
+from bench.loop_inputs import ROOT, forecaster_checkpoint, prepare
+from bench.loop_report import PARTS, percentiles, stage_parts
 
 
 #: One change at a time against the first (the loop as before this tuning: tcp, blocking wait), same
