@@ -137,3 +137,35 @@ def test_empty_chunks_and_other_float_dtypes(cfg):
         parts.append(fe.push(t[i : i + 100].astype(np.float64), np.asfortranarray(x[i : i + 100].astype(np.float64))).features.copy())
         fe.push(np.zeros(0), np.zeros((0, 4), np.float32))  # empty chunks change nothing
     np.testing.assert_array_equal(np.concatenate(parts), ref.features)
+
+
+def test_inspector_hands_its_state_across_chunks(cfg):
+    """The inspection stage object (as FrontEnd runs it): any chunking gives the rows, times and
+    flags of one call over the whole input, and ``reset()`` gives a fresh object's output."""
+    t, x = _signal(cfg)
+    x[100:110, 0] = np.nan
+    x[500, 1] = 1e6  # saturated
+    x[900:1200, 2] = x[900, 2]  # flat
+    t[1500] = t[1499] - 0.5 / cfg.stream.fs  # backwards, within a step
+    t[1700] = np.nan
+    fe = FrontEnd(cfg)
+    insp = fe.inspector
+
+    def run(sizes):
+        out, t_out, f = np.zeros((N, x.shape[1])), np.zeros(N), np.zeros(N, dtype=np.uint32)
+        i = 0
+        for s in sizes * N:
+            if i >= N:
+                break
+            assert insp.process(x[i : i + s], t[i : i + s], out[i:], t_out[i:], f[i:]) == len(x[i : i + s])
+            i += s
+        return out, t_out, f
+
+    whole = run([N])
+    seen = np.bitwise_or.reduce(whole[2])
+    for bit in (fl.NONFINITE, fl.SATURATION, fl.FLAT, fl.NONMONOTONIC):
+        assert seen & bit, bit
+    for sizes in ([1], [7, 300, 2], [999]):
+        insp.reset()
+        for a, b in zip(run(sizes), whole, strict=True):
+            np.testing.assert_array_equal(a, b)
