@@ -8,12 +8,9 @@ Until it has, the output differs from the one a continuously running engine give
 frames, and nothing in the frame says so. :func:`measure_settle` measures that: for each session
 (one recording's feature frames) it runs the engine once continuously from the session's start,
 then, from every ``stride``-th clean frame ``o`` (no INVALID bit: the loop's last reset before a
-valid frame is always at a clean frame), from a reset over the rest of the session, and from a
-reset followed by the session's own warm-up frames (the frames before its first clean one: the
-path after a restart, where the engine is reset at the RESTART frame and runs through the front
-end's warm-up); the span at ``o`` is the larger of the two numbers of hops after which
-``max |that run - continuous run|`` (over targets, target units) stays ``<= tol`` to the
-session's end (0 if it never exceeds it). An offset whose run still
+valid frame is always at a clean frame), from a reset over the rest of the session; the span at
+``o`` is the number of hops after which ``max |reset run - continuous run|`` (over targets,
+target units) stays ``<= tol`` to the session's end (0 if it never exceeds it). An offset whose run still
 exceeds ``tol`` within its last ``confirm`` hops has not shown that it settles: it counts as
 ``unsettled`` and its span as the whole remaining run (conservative). The bundle's span
 (``settle.hops``, :attr:`models.bundle.Bundle.settle_hops`) is the maximum over offsets and
@@ -111,22 +108,17 @@ def reset_spans(engine: Any, features: np.ndarray, flags: np.ndarray | None, tol
     cont = _run(engine, features)
     clean = np.ones(n, bool) if flags is None else (np.asarray(flags) & fl.INVALID) == 0
     cand = np.nonzero(clean)[0]
-    warm = features[:cand[0]] if len(cand) else features[:0]  # the session's own warm-up frames
     cand = cand[(n - cand) > confirm][::stride]
     spans = np.zeros(len(cand), np.int64)
     unsettled = np.zeros(len(cand), bool)
     for j, o in enumerate(cand):
-        for prefix in ((None, warm) if len(warm) else (None,)):
-            engine.reset()
-            if prefix is not None:  # after a restart: the front end's warm-up frames first
-                _run(engine, prefix)
-            d = np.max(np.abs(_run(engine, features[o:]) - cont[o:]), axis=1)
-            bad = np.nonzero(~(d <= tol))[0]  # NaN counts as off
-            if bad.size:
-                span = int(bad[-1]) + 1
-                if bad[-1] >= len(d) - confirm:
-                    unsettled[j], span = True, len(d)
-                spans[j] = max(spans[j], span)
+        engine.reset()
+        d = np.max(np.abs(_run(engine, features[o:]) - cont[o:]), axis=1)
+        bad = np.nonzero(~(d <= tol))[0]  # NaN counts as off
+        if bad.size:
+            spans[j] = int(bad[-1]) + 1
+            if bad[-1] >= len(d) - confirm:
+                unsettled[j], spans[j] = True, len(d)
     engine.reset()
     return cand, spans, unsettled
 
@@ -163,31 +155,29 @@ def measure_frame_sets(engine: Any, sets: Iterable[Any], tol: float, **kw: Any) 
 def gated_run(engine: Any, features: np.ndarray, flags: np.ndarray, settle_hops: int,
               extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Step ``engine`` (from a reset) over ``features`` with the loop's rule (:mod:`rt.loop`):
-    reset at a RESTART frame, WARMUP on ``settle_hops`` frames from the first clean one after it;
-    reset at the first frame without a :data:`CONTAMINATED` bit after frames with one that follow a
-    clean frame, and after a non-finite step (the last finite values are output, NONFINITE set),
-    WARMUP on the ``settle_hops`` frames stepped after those resets. ``extra``: bits the loop adds
-    from the source (RATE), per frame. Returns ``(values float32[n, T], flags uint32[n])``."""
+    reset at a RESTART frame; reset at the first frame without a :data:`CONTAMINATED` bit after a
+    RESTART or after frames with one that follow a clean frame, and after a non-finite step (the
+    last finite values are output, NONFINITE set); WARMUP on the ``settle_hops`` frames stepped
+    after those resets. ``extra``: bits the loop adds from the source (RATE), per frame. Returns
+    ``(values float32[n, T], flags uint32[n])``."""
     n = len(features)
     out = np.zeros((n, engine.n_targets), np.float32)
     out_fl = np.zeros(n, np.uint32)
     last = np.zeros(engine.n_targets, np.float32)
     engine.reset()
-    left, dirty, seen_clean, settle_next = 0, False, False, False
+    left, dirty, seen_clean = 0, False, False
     for i in range(n):
         f = int(flags[i]) | (int(extra[i]) if extra is not None else 0)
         if f & fl.RESTART:
             engine.reset()
-            left, dirty, seen_clean, settle_next = 0, False, False, True
+            left, dirty = 0, True
         elif f & CONTAMINATED:
             dirty = dirty or seen_clean
         elif dirty:
             engine.reset()
-            left, dirty, settle_next = settle_hops, False, False
+            left, dirty = settle_hops, False
         else:
             seen_clean = True
-            if settle_next:
-                left, settle_next = settle_hops, False
         y = engine.step(features[i])
         if left > 0:
             f |= fl.WARMUP

@@ -17,7 +17,10 @@ returns non-finite values, the last finite values are published instead with
 non-finite otherwise).
 
 Flags the loop adds to the front end's: RATE (the source's measured rate is off nominal or not
-yet verified: ``source.chunk_flags``), and, for sources on the local LSL clock, STALE (the
+yet verified: ``source.chunk_flags``; or, for sources on the local LSL clock, the chunk's own
+timestamps, from the previous chunk's newest, span more than a sample period more or less than
+its samples at the nominal rate: samples missing or extra, seen at once, before an arrival rate
+can be measured), and, for sources on the local LSL clock, STALE (the
 frame's age ``t_pub - t_src`` exceeds one hop either way: the loop is behind real time, e.g.
 after being stopped, or the timestamps are not on this clock). Restarts: the front end
 restarts itself at a time jump; on a reconnect (``source.stats.reconnects`` changed) the loop
@@ -29,18 +32,16 @@ Model settling (``settle_hops``, the bundle's measured span, :mod:`models.settle
 ``settle_hops`` attribute unless given, and an engine from a bundle without it is refused): a
 reset engine needs that many hops before its output is what a continuously running one gives, so
 the ``settle_hops`` frames after a reset carry WARMUP. A contamination bit is any of the front
-end's INVALID bits or RATE (not STALE: that is about the frame's time, not its content). After
-a RESTART frame the engine is reset and runs on through the front end's warm-up frames as at a
-session's start (so a restarted stream equals a new session started there); WARMUP then covers
-the ``settle_hops`` frames from the first clean one. After a non-finite step the engine is
-reset and the next ``settle_hops`` frames carry WARMUP. At the first clean frame after
-contaminated ones that follow a clean frame (a 1e6 mV spike, held NaN, a wrong rate) the engine
-is reset, dropping the state that absorbed those features, and the next ``settle_hops`` frames,
-that one included, carry WARMUP (``settle_resets`` and ``settling``, frames flagged by the
-settling, in ``status``). A session's own start is not flagged: until its first clean frame the
-engine runs from its reset through the warm-up frames, the path it was trained on and the
-continuous run the settling is measured against (a clean session still equals its offline
-replay). The span is measured for both the reset and the reset-then-warm-up paths.
+end's INVALID bits or RATE (not STALE: that is about the frame's time, not its content). At the
+first clean frame after contaminated ones — after a RESTART (the front end's warm-up), or after a
+stretch that follows a clean frame (a 1e6 mV spike, held NaN, a wrong rate) — the engine is
+reset, dropping the state that absorbed those features, and the ``settle_hops`` frames from
+that one carry WARMUP: the settling measured from a reset applies (``settle_resets`` and
+``settling``, frames flagged by the settling, in ``status``). After a non-finite step the engine
+is reset and the next ``settle_hops`` frames carry WARMUP. A session's own start is not flagged:
+until its first clean frame the engine runs from its reset through the front end's warm-up
+frames, the path it was trained on and the continuous run the settling is measured against (a
+clean session still equals its offline replay).
 :func:`models.settle.gated_run` is the same rule offline.
 
 Online adaptation (optional ``adapter``, :class:`models.adapt.ReadoutAdapter`): after each
@@ -244,7 +245,7 @@ class Loop:
         restart_bit, ood_bit, stale_bit, rate_bit = F.RESTART, F.OUT_OF_DOMAIN, F.STALE, F.RATE
         stale_s = self.stale_s
         settle_hops, settle_left, dirty = self.settle_hops, 0, False  # frames still settling; contaminated state
-        seen_clean = settle_next = False  # a clean frame stepped since the (re)start; a restart to settle
+        seen_clean = False  # a clean frame was stepped since the session's start
         contaminated, warmup_bit = F.INVALID & ~F.STALE, F.WARMUP
         restart_fe = getattr(fe, "restart", None) or fe.reset
         stats = getattr(src, "stats", None)
@@ -254,6 +255,7 @@ class Loop:
         timeout = self.pull_timeout_s
         spin = self.spin_s if local else 0.0
         fs = self.config.stream.fs
+        period, last_ts = 1.0 / fs, math.nan  # the previous chunk's newest stamp
         expected, lag = math.inf, math.nan  # next chunk's expected arrival; typical arrival - newest stamp
         stop = stop or threading.Event()
         start = clock()
@@ -282,25 +284,27 @@ class Loop:
                     reconnects = stats.reconnects
                     restart_fe()
                 src_flags = int(getattr(src, "chunk_flags", 0)) & rate_bit
+                newest = float(ts[-1])
+                if local and abs(newest - last_ts - n * period) > period:  # stamps: samples missing / extra
+                    src_flags |= rate_bit  # (NaN after a start: no previous chunk, no check)
+                last_ts = newest
                 frames = fe.push(ts, x)
                 t2 = clock()
                 h_fe.add(t2 - t1)
                 for i in range(len(frames.t)):
                     fl = int(frames.flags[i]) | src_flags
                     if fl & restart_bit:  # the front end restarted: so does the recurrent state
-                        eng.reset()  # (a new session for it: it settles from its first clean frame)
+                        eng.reset()  # (and again at the first clean frame after the warm-up)
                         self.resets += 1
-                        settle_left, dirty, seen_clean, settle_next = 0, False, False, True
+                        settle_left, dirty = 0, True
                     elif fl & contaminated:  # the state absorbs features that are not a measurement
                         dirty = dirty or seen_clean  # (a session's own start is the trained path)
                     elif dirty:  # first clean frame after them: drop that state, settle from a reset
                         eng.reset()
                         self.settle_resets += 1
-                        settle_left, dirty, settle_next = settle_hops, False, False
+                        settle_left, dirty = settle_hops, False
                     else:
                         seen_clean = True
-                        if settle_next:  # first clean frame after a restart
-                            settle_left, settle_next = settle_hops, False
                     if settle_left:
                         fl |= warmup_bit
                         settle_left -= 1

@@ -125,6 +125,9 @@ def test_backlog_after_a_stalled_consumer_is_never_published_as_valid(uci_config
 
 
 def test_gap_in_the_stream_resets_the_step_engine(uci_config, bundle):
+    from kernels.frontend import run_offline
+    from models.step_engine import run_sequence
+
     cfg = bundle.config
     rec = _recording(cfg, 8.0, seed=2)
     cut = 3000
@@ -142,26 +145,30 @@ def test_gap_in_the_stream_resets_the_step_engine(uci_config, bundle):
     (res, loop), (ref, _) = runs
     k = len(res.t) - len(ref.t)
     assert loop.resets == 1 and res.flags[k] & F.RESTART and loop.status(0.0)["resets"] == 1
-    np.testing.assert_array_equal(res.values[k:], ref.values)  # the engine restarted from its reset state
-    # ... like a new session there, except that the model's settling span after the restart is
-    # flagged: WARMUP on the settle_hops frames from the first clean one (a new session's own
-    # start is the trained path, not flagged)
+    # the engine restarted from its reset state: like a new session there, through the front
+    # end's warm-up; at the first clean frame it is reset again (the warm-up's features are not a
+    # measurement) and the model's settling span is flagged: WARMUP on the settle_hops frames
+    # from there (a new session's own start is the trained path, not flagged)
     n = loop.settle_hops
     assert n == bundle.settle_hops > 0
     c = k + int(np.nonzero((ref.flags & F.INVALID) == 0)[0][0])  # first clean frame after the restart
+    np.testing.assert_array_equal(res.values[k:c], ref.values[:c - k])
     assert np.all(res.flags[c:c + n] & F.WARMUP) and not np.any(ref.flags[c - k:c - k + n] & F.WARMUP)
     assert len(res.t) > c + n and not res.flags[c + n] & F.WARMUP
     expected = ref.flags.copy()
     expected[c - k:c - k + n] |= np.uint32(F.WARMUP)
     np.testing.assert_array_equal(res.flags[k:] & ~np.uint32(F.GAP | F.RESTART), expected)
-    assert loop.status(0.0)["settling"] == n and loop.settle_resets == 0
+    assert loop.status(0.0)["settling"] == n and loop.settle_resets == 1
+    # ... and from c on it is a fresh engine over the same frames
+    eng = bundle.engine("compiled")
+    fr = run_offline(FrontEnd(cfg, bundle.norm_stats), gapped.timestamps, gapped.samples, chunk=37)
+    np.testing.assert_array_equal(res.values[c:], run_sequence(eng, fr.features[c:]))
 
 
 def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_config, bundle):
     """Real LSL (a Player whose stamps jump 3 s: a gap, then a 1e6 mV spike) into a Loop on the
-    shipped bundle: after the RESTART, the settle_hops frames from the first clean one carry
-    WARMUP; at the first clean frame after the spike's flagged stretch the engine is reset and the
-    next settle_hops frames carry WARMUP; values and flags (but STALE, about time) equal
+    shipped bundle: at the first clean frame after the RESTART's warm-up and after the spike's
+    flagged stretch the engine is reset and the settle_hops frames from there carry WARMUP; values and flags (but STALE, about time) equal
     models.settle.gated_run over the same frames offline (RATE taken from the live run: measured)."""
     from kernels.frontend import run_offline
     from models.settle import gated_run
@@ -194,14 +201,14 @@ def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_
         player.close()
     assert len(res.t) == len(ref.t), "every sample arrived"
     n = loop.settle_hops
-    assert n == bundle.settle_hops > 0 and loop.resets == 1 and loop.settle_resets == 1
+    assert n == bundle.settle_hops > 0 and loop.resets == 1 and loop.settle_resets == 2
     live = res.flags & ~np.uint32(F.STALE)
     values, flags = gated_run(bundle.engine("compiled"), ref.features, ref.flags, n, extra=res.flags & F.RATE)
     np.testing.assert_array_equal(live, flags)
     np.testing.assert_allclose(res.values, values, rtol=0, atol=1e-5)
     bad = (live & ~np.uint32(F.WARMUP) & F.INVALID) != 0  # invalid for any reason but the settling
     r = int(np.nonzero(live & F.RESTART)[0][0])
-    c = r + int(np.nonzero(~bad[r:])[0][0])  # first clean frame after the restart
+    c = r + int(np.nonzero(~bad[r:])[0][0])  # first clean frame after the restart: reset there
     assert np.all(live[c:c + n] & F.WARMUP) and not live[c + n] & F.WARMUP
     s0 = int(np.nonzero(ref.flags & F.SATURATION)[0][0])  # the spike's flagged stretch
     s1 = s0 + int(np.nonzero(~bad[s0:])[0][0])  # its first clean frame: the engine was reset there
