@@ -15,6 +15,8 @@ Fine-tuning (:class:`FineTune`) first re-centres the output on the patient's mea
 offset differs between subjects: goniometer placement), then takes ``steps`` Adam steps of
 truncated BPTT (:func:`models.train.tbptt_epoch`) on the parameters ``layers`` names: "readout"
 (the head, and the xLSTM's post-blocks norm), "last" (also the last block / LSTM layer) or "all".
+A merged LSTM ensemble (``spec.members`` > 1) is split into its members, each fine-tuned alone
+(seed ``seed + k``) and merged again: the calibrated model is the mean of calibrated members.
 A GPR bundle is refitted on the patient's frames (it has nothing to fine-tune). The defaults were
 chosen by leave-one-subject-out on the bundled recordings (docs/models.md, "Calibration").
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,14 @@ def trainable(model: Regressor, layers: str) -> list[torch.nn.Parameter]:
 def fine_tune(model: Regressor, sets: list[FrameSet], ft: FineTune,
               on_step: Any = None) -> Regressor:
     """A copy of ``model`` re-centred on the mean of ``sets`` and fine-tuned on them (``ft``);
-    ``on_step(n)`` after each pass (n steps taken)."""
+    ``on_step(n)`` after each pass (n steps taken). A merged LSTM ensemble: every member alone,
+    then merged (module doc)."""
+    if getattr(model.spec, "members", 1) > 1:
+        from models.train import merge_lstm_ensemble, split_lstm_ensemble
+
+        members = split_lstm_ensemble(model)
+        return merge_lstm_ensemble([fine_tune(m, sets, replace(ft, seed=ft.seed + k), on_step)
+                                    for k, m in enumerate(members)])
     torch.manual_seed(ft.seed)
     rng = np.random.default_rng(ft.seed)
     m = copy.deepcopy(model)

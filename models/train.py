@@ -34,7 +34,12 @@ ARCHS = SEQUENCE_ARCHS + ("gpr",)
 @dataclass(frozen=True)
 class TrainSettings:
     """``arch`` (slstm | mlstm | mixed | lstm | gpr), ``epochs``, ``lr``, ``hidden``, ``layers``,
-    ``bptt`` (frames per truncated-BPTT segment), ``seed``, ``lead_ms``, ``gpr_points``."""
+    ``bptt`` (frames per truncated-BPTT segment), ``seed``, ``lead_ms``, ``gpr_points``;
+    ``ensemble``: LSTM members (seeds ``seed .. seed + ensemble - 1``) averaged, merged exactly into
+    one LSTM of ``ensemble * hidden`` units (:func:`merge_lstm_ensemble`; LSTM only);
+    ``augment_gain``: each training recording also enters as ``augment_copies`` copies with a
+    random per-channel gain ``exp(N(0, s)) * exp(N(0, s) * t / T)`` (offset + drift over the
+    session) on its raw samples, through the front end (:func:`gain_augmented`; 0 = off)."""
 
     arch: str = "slstm"
     epochs: int = 20
@@ -45,12 +50,18 @@ class TrainSettings:
     seed: int = 0
     lead_ms: float = 0.0
     gpr_points: int = 1000
+    ensemble: int = 1
+    augment_gain: float = 0.0
+    augment_copies: int = 2
 
     @classmethod
     def from_config(cls, config: Config, **overrides: Any) -> "TrainSettings":
         m = config.model
-        base = dict(arch=m.arch, epochs=m.epochs, lr=m.lr, hidden=m.hidden, layers=m.layers, lead_ms=m.lead_ms)
+        base = dict(arch=m.arch, epochs=m.epochs, lr=m.lr, hidden=m.hidden, layers=m.layers, lead_ms=m.lead_ms,
+                    augment_gain=getattr(m, "augment_gain", 0.0))
         base.update({k: v for k, v in overrides.items() if v is not None})
+        if base["arch"] == "lstm" and "ensemble" not in overrides:  # [model] lstm_ensemble: LSTM only
+            base["ensemble"] = getattr(m, "lstm_ensemble", 1)
         return cls(**base)
 
     def __post_init__(self) -> None:
@@ -58,6 +69,10 @@ class TrainSettings:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
         if self.epochs < 1 or self.bptt < 1:
             raise ValueError(f"epochs and bptt must be >= 1, got {self.epochs}, {self.bptt}")
+        if self.ensemble < 1 or (self.ensemble > 1 and self.arch != "lstm"):
+            raise ValueError(f"ensemble must be >= 1 and > 1 only for arch lstm; got {self.ensemble} for {self.arch}")
+        if self.augment_gain < 0 or self.augment_copies < 0:
+            raise ValueError(f"augment_gain and augment_copies must be >= 0, got {self.augment_gain}, {self.augment_copies}")
 
 
 @dataclass
@@ -180,6 +195,104 @@ def train_sequence(train: list[FrameSet], settings: TrainSettings, val: list[Fra
     return TrainResult(model.eval(), curve, time.perf_counter() - t0)
 
 
+def gain_augmented(rec: RecordingArrays, sigma: float, seed: int, copy: int) -> RecordingArrays:
+    """``rec`` with a random per-channel gain on its raw samples: ``exp(N(0, sigma))`` (electrode
+    gain) times ``exp(N(0, sigma) * t / T)`` (drift over the session, ``T`` its length). Seeded by
+    ``seed``, ``copy`` and the recording's name (CRC32), so the same call gives the same copy."""
+    import zlib
+
+    rng = np.random.default_rng([seed, copy, zlib.crc32(rec.name.encode())])
+    n_ch = rec.samples.shape[1]
+    t = rec.timestamps - rec.timestamps[0]
+    t = t / max(float(t[-1]), 1e-9)
+    g0, drift = np.exp(rng.normal(0.0, sigma, n_ch)), rng.normal(0.0, sigma, n_ch)
+    gain = g0[None] * np.exp(drift[None] * t[:, None])
+    return RecordingArrays(f"{rec.name}[gain{copy}]", rec.timestamps, (rec.samples * gain).astype(np.float32),
+                           rec.targets, rec.group)
+
+
+def population_frames(config: Config, stats: NormStats, recs: list[RecordingArrays], settings: TrainSettings,
+                      norm: Normalisation, member: int = 0) -> list[FrameSet]:
+    """Training frames of ``recs`` (+ gain-augmented copies for ensemble member ``member``)."""
+    sets = [make_frames(config, stats, r, lead_ms=settings.lead_ms, norm=norm) for r in recs]
+    if settings.augment_gain > 0:
+        sets += [make_frames(config, stats, gain_augmented(r, settings.augment_gain, settings.seed + member, k),
+                             lead_ms=settings.lead_ms, norm=norm)
+                 for r in recs for k in range(settings.augment_copies)]
+    return sets
+
+
+def merge_lstm_ensemble(models: list[Regressor]) -> Regressor:
+    """One LSTM whose output is exactly the mean of ``models``' outputs (same spec and target
+    statistics): ``K * hidden`` units, every weight block-diagonal over the members (input
+    weights of the first layer stacked), head ``[w_1 .. w_K] / K``, bias the mean. The step
+    engines run it as any LSTM; ``spec.members`` records K (:func:`split_lstm_ensemble`)."""
+    from models.baselines import LSTMRegressor
+
+    K, s0 = len(models), models[0].spec
+    if K == 1:
+        return models[0]
+    if any(m.spec != s0 for m in models) or s0.arch != "lstm" or s0.members != 1:
+        raise ValueError("merge_lstm_ensemble: members must be single LSTMs of one spec")
+    H = s0.hidden
+    merged = LSTMRegressor(dataclasses.replace(s0, hidden=K * H, members=K))
+    merged.set_target_stats(models[0].target_mean.numpy(), models[0].target_std.numpy())
+    with torch.no_grad():
+        for name, p in merged.lstm.named_parameters():
+            p.zero_()
+            for k, m in enumerate(models):
+                q = getattr(m.lstm, name)
+                for g in range(4):  # gates i, f, g, o: rows g*KH + k*H ...
+                    rows = slice(g * K * H + k * H, g * K * H + (k + 1) * H)
+                    src = q[g * H:(g + 1) * H]
+                    if p.ndim == 1:
+                        p[rows] = src
+                    elif name.startswith("weight_ih_l0"):
+                        p[rows] = src
+                    else:
+                        p[rows, k * H:(k + 1) * H] = src
+        merged.head.weight.copy_(torch.cat([m.head.weight for m in models], dim=1) / K)
+        merged.head.bias.copy_(torch.stack([m.head.bias for m in models]).mean(0))
+    return merged.eval()
+
+
+def split_lstm_ensemble(model: Regressor) -> list[Regressor]:
+    """The members of a merged LSTM ensemble (inverse of :func:`merge_lstm_ensemble`; the head
+    of each member is ``K`` times its block, the bias the merged bias)."""
+    from models.baselines import LSTMRegressor
+
+    K = model.spec.members
+    H = model.spec.hidden // K
+    out = []
+    for k in range(K):
+        m = LSTMRegressor(dataclasses.replace(model.spec, hidden=H, members=1))
+        m.set_target_stats(model.target_mean.numpy(), model.target_std.numpy())
+        with torch.no_grad():
+            for name, p in m.lstm.named_parameters():
+                q = getattr(model.lstm, name)
+                for g in range(4):
+                    rows = slice(g * K * H + k * H, g * K * H + (k + 1) * H)
+                    dst = slice(g * H, (g + 1) * H)
+                    if p.ndim == 1 or name.startswith("weight_ih_l0"):
+                        p[dst] = q[rows]
+                    else:
+                        p[dst] = q[rows, k * H:(k + 1) * H]
+            m.head.weight.copy_(model.head.weight[:, k * H:(k + 1) * H] * K)
+            m.head.bias.copy_(model.head.bias)
+        out.append(m.eval())
+    return out
+
+
+def train_ensemble(frames: Any, settings: TrainSettings, val: list[FrameSet] | None = None,
+                   progress: bool = False) -> TrainResult:
+    """``settings.ensemble`` LSTMs (seeds ``seed + k``; ``frames(k)`` their training frames)
+    merged into one (:func:`merge_lstm_ensemble`); one model otherwise. The curve is member 0's."""
+    results = [train_model(frames(k), dataclasses.replace(settings, seed=settings.seed + k, ensemble=1), val, progress)
+               for k in range(settings.ensemble)]
+    model = merge_lstm_ensemble([r.model for r in results]) if settings.ensemble > 1 else results[0].model
+    return TrainResult(model, results[0].curve, sum(r.seconds for r in results))
+
+
 def train_gpr(train: list[FrameSet], settings: TrainSettings) -> TrainResult:
     """Fit the GPR baseline on the usable training frames (at most ``settings.gpr_points``)."""
     t0 = time.perf_counter()
@@ -271,10 +384,11 @@ def train_bundle(config: Config, recordings: list[RecordingArrays], out: str | P
 
     train_recs, held = make_split(recordings, split, test_groups=test_groups, test_fraction=test_fraction)
     stats = fit_stats(config, train_recs)
-    train = [make_frames(config, stats, r, lead_ms=settings.lead_ms, norm=norm) for r in train_recs]
+    train = population_frames(config, stats, train_recs, settings, norm)
     test = [held_out_from(make_frames(config, stats, h.rec, lead_ms=settings.lead_ms, norm=norm), h.score_from)
             for h in held]
-    result = train_model(train, settings, val=test or None, progress=progress)
+    result = train_ensemble(lambda k: train if k == 0 else population_frames(config, stats, train_recs, settings, norm, k),
+                            settings, val=test or None, progress=progress)
     shrink_toward_mean(result.model, shrink)
     training = {
         "settings": dataclasses.asdict(settings),
@@ -290,7 +404,7 @@ def train_bundle(config: Config, recordings: list[RecordingArrays], out: str | P
         "curve": result.curve,
     }
     out = Path(out)
-    h, metrics = write_bundle(out, config, stats, norm, result.model, test, training, train=train)
+    h, metrics = write_bundle(out, config, stats, norm, result.model, test, training, train=train[:len(train_recs)])
     png = None
     if plot and result.curve:
         png = out.with_suffix(".curve.png")

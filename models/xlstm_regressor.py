@@ -53,7 +53,9 @@ class ModelSpec:
     """Architecture of a sequence regressor; stored in bundles as a plain dict.
 
     ``heads``: sLSTM and mLSTM heads; ``conv_kernel``: causal conv width (frames);
-    ``context``: longest sequence one ``forward`` call may take (the mLSTM causal mask).
+    ``context``: longest sequence one ``forward`` call may take (the mLSTM causal mask);
+    ``members``: an LSTM that is a merged ensemble of this many LSTMs of ``hidden / members``
+    units (``models.train.merge_lstm_ensemble``; 1 = a single model).
     """
 
     arch: str
@@ -64,10 +66,14 @@ class ModelSpec:
     heads: int = 4
     conv_kernel: int = 4
     context: int = 256
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.arch not in SEQUENCE_ARCHS:
             raise ValueError(f"model arch must be one of {', '.join(SEQUENCE_ARCHS)}; got {self.arch!r}")
+        if self.members < 1 or self.hidden % self.members or (self.members > 1 and self.arch != "lstm"):
+            raise ValueError(f"ModelSpec.members ({self.members}) must be >= 1, divide hidden ({self.hidden}) "
+                             "and be > 1 only for arch lstm")
         for name in ("n_features", "n_targets", "hidden", "layers", "heads", "context"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelSpec.{name} must be > 0, got {getattr(self, name)}")
