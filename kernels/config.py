@@ -125,6 +125,10 @@ class ModelConfig:
     #: target units: a reset engine has settled once its output stays within this of a continuous
     #: run (models.settle); at most half the fault bench's TOL (2 deg), see models/settle.py
     settle_tol: float = 1.0
+    #: population training (models.train.TrainSettings): LSTM seeds averaged, merged into one LSTM
+    #: (arch lstm only), and the gain-augmentation sigma (0 = off); chosen by LOSO (docs/models.md)
+    lstm_ensemble: int = 1
+    augment_gain: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,8 @@ def _validate(cfg: Config) -> None:
            "hidden, layers and epochs must be > 0")
     _check(m.lr > 0, "model.lr", f"must be > 0, got {m.lr}")
     _check(m.settle_tol > 0, "model.settle_tol", f"must be > 0 (target units), got {m.settle_tol}")
+    _check(m.lstm_ensemble >= 1, "model.lstm_ensemble", f"must be >= 1, got {m.lstm_ensemble}")
+    _check(m.augment_gain >= 0, "model.augment_gain", f"must be >= 0, got {m.augment_gain}")
     f = cfg.forecast
     _check(f.context_length > 0, "forecast.context_length", "must be > 0")
     _check(f.prediction_length > 0, "forecast.prediction_length", "must be > 0")
