@@ -43,7 +43,9 @@ from bench.report import machine_info, timings
 from kernels import flags as fl
 from kernels.config import Config, load_config
 from kernels.frontend import run_offline
-from models.adapt import AdaptSettings, ReadoutAdapter, bundle_lead_s, rls_update
+from models.adapt import (
+    AdaptSettings, ReadoutAdapter, RefitSettings, bundle_lead_s, guard_publish, refit_candidates, rls_update,
+)
 from models.dataset import RecordingArrays, align_targets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,6 +289,168 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- refit study (--refit)
+
+REFIT_GRID = [RefitSettings(steps=st, guard_window=w) for st in (100, 200) for w in (0, 10, 20)]
+
+
+def _rmse(err: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(err ** 2))) if len(err) else float("nan")
+
+
+def refit_study(archs: tuple[str, ...], epochs: int, seed: int, ensemble: int, augment_gain: float,
+                quick: bool = False) -> dict[str, Any]:
+    """Per LOSO fold and architecture: the population model (session normalisation, the
+    profile's recipe: ``ensemble`` LSTMs, gain augmentation) zero-shot ("static"), the RLS
+    readout adapter (``AdaptSettings()``, simulated as the loop runs it on the compiled engine's
+    features), the periodic refit (``models.adapt.refit_candidates`` + ``guard_publish``) for
+    every point of ``REFIT_GRID`` (the LSTM's), and the training-mean predictor; second half of
+    each session scored. The refit setting per test subject is the grid point with the lowest
+    inner objective (as for the RLS settings) over the *other* subjects' LSTM results; the other
+    architectures use the LSTM's choice (their own grid would cost 6x the fine-tunes)."""
+    from bench.personalisation import Sweep
+    from kernels.session_norm import SESSION_WARMUP_S
+    from models.baselines import GPRModel, GPRStepEngine
+    from models.calibrate import predict
+    from models.dataset import Normalisation
+    from models.step_engine import CompiledStepEngine
+    from rt.datasets import load_labelled
+
+    config = load_config("uci_lower_limb")
+    recs = load_labelled(RECORDINGS, config)
+    sw = Sweep(recs, epochs, seed, ensemble, augment_gain)
+    norm = Normalisation("session", SESSION_WARMUP_S)
+    groups = sw.groups[:3] if quick else sw.groups
+    grid = REFIT_GRID[:2] if quick else REFIT_GRID
+    t0 = time.perf_counter()
+    per: dict[str, dict[str, Any]] = {a: {} for a in archs}
+    for g in groups:
+        rec = next(r for r in recs if r.group == g)
+        s = sw.frames(rec, norm, g)
+        truth = np.where(s.mask, s.targets, np.nan)
+        scored = scored_mask(s.t, s.flags, truth, rec)
+        for arch in archs:
+            model, train = sw.train(arch, norm, g)
+            eng = GPRStepEngine(model) if isinstance(model, GPRModel) else CompiledStepEngine(model)
+            feats = np.zeros((len(s.t), len(eng.features)))
+            static = np.zeros(s.targets.shape, np.float32)
+            for i in range(len(s.t)):
+                if s.flags[i] & fl.RESTART:
+                    eng.reset()
+                static[i] = eng.step(s.features[i])
+                feats[i] = eng.features
+            tr = Trace(s.t, s.flags, feats, static, truth, scored, rec)
+            rls, st = simulate(tr, eng.readout(), AdaptSettings(), 0.0)
+            mean = np.broadcast_to(eng.readout()[2].astype(np.float32), static.shape)
+            row = {"frames": int(scored.sum()), "err": {"mean": (mean - truth)[scored], "static": (static - truth)[scored],
+                                                        "rls": (rls - truth)[scored]}, "refit": {}}
+            if not isinstance(model, GPRModel):
+                todo = grid if arch == "lstm" else [None]  # the others: filled in below with the LSTM's choice
+                row["_model"], row["_frames"], row["_tr"] = model, s, tr
+                cache: dict[tuple, tuple] = {}
+                for rs in todo if todo != [None] else []:
+                    key = (rs.steps, rs.layers, rs.every_s)
+                    if key not in cache:
+                        c0 = time.process_time()
+                        cache[key] = (*refit_candidates(model, s, rs), time.process_time() - c0)
+                    cand, times, cpu = cache[key]
+                    pub, on = guard_publish(s.t, truth, static, cand, rs)
+                    row["refit"][_rs_key(rs)] = {"err": (pub - truth)[scored], "engaged": float(on[scored].mean()),
+                                                 "refits": len(times), "cpu_per_refit_s": cpu / max(len(times), 1)}
+            per[arch][g] = row
+            print(f"[refit] {g} {arch}: static {_rmse(row['err']['static']):.2f} rls {_rmse(row['err']['rls']):.2f} "
+                  + " ".join(f"{k} {_rmse(v['err']):.2f}" for k, v in row["refit"].items())
+                  + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    def objective(a: str, key: str, gs: list[str]) -> float:
+        vals = []
+        for h in gs:
+            ad, stc = _rmse(per[a][h]["refit"][key]["err"]), _rmse(per[a][h]["err"]["static"])
+            vals.append(ad + WORSE_WEIGHT * max(0.0, ad - stc))
+        return float(np.mean(vals))
+
+    keys = [_rs_key(rs) for rs in grid]
+    chosen = {g: min(keys, key=lambda k: objective("lstm", k, [h for h in groups if h != g])) for g in groups} \
+        if "lstm" in archs else {}
+    by_key = {_rs_key(rs): rs for rs in grid}
+    for arch in archs:  # the others: the LSTM's choice per test subject
+        for g in groups:
+            row = per[arch][g]
+            if "_model" in row and g in chosen and chosen[g] not in row["refit"]:
+                rs = by_key[chosen[g]]
+                c0 = time.process_time()
+                cand, times = refit_candidates(row["_model"], row["_frames"], rs)
+                cpu = time.process_time() - c0
+                tr = row["_tr"]
+                pub, on = guard_publish(tr.t, tr.truth, tr.static, cand, rs)
+                row["refit"][chosen[g]] = {"err": (pub - tr.truth)[tr.scored], "engaged": float(on[tr.scored].mean()),
+                                           "refits": len(times), "cpu_per_refit_s": cpu / max(len(times), 1)}
+                print(f"[refit] {g} {arch}: {chosen[g]} {_rmse(row['refit'][chosen[g]]['err']):.2f}", flush=True)
+    summary, rows = {}, []
+    for arch in archs:
+        e = {k: [] for k in ("mean", "static", "rls", "refit")}
+        for g in groups:
+            row = per[arch][g]
+            r = {"arch": arch, "subject": g, "frames": row["frames"],
+                 **{f"rmse_{k}": _rmse(row["err"][k]) for k in ("mean", "static", "rls")}}
+            for k in ("mean", "static", "rls"):
+                e[k].append(row["err"][k])
+            if g in chosen and chosen[g] in row["refit"]:
+                ref = row["refit"][chosen[g]]
+                r.update(rmse_refit=_rmse(ref["err"]), refit_setting=chosen[g], engaged=ref["engaged"],
+                         refits=ref["refits"], cpu_per_refit_s=ref["cpu_per_refit_s"])
+                e["refit"].append(ref["err"])
+            rows.append(r)
+        summary[arch] = {f"pooled_{k}": _rmse(np.concatenate(v)) if v else None for k, v in e.items()}
+        for k in ("rls", "refit"):
+            if e[k]:
+                summary[arch][f"worse_{k}"] = sum(x[f"rmse_{k}"] > x["rmse_static"] + 1e-9
+                                                  for x in rows if x["arch"] == arch and f"rmse_{k}" in x)
+                summary[arch][f"max_worse_{k}"] = max(x[f"rmse_{k}"] - x["rmse_static"]
+                                                      for x in rows if x["arch"] == arch and f"rmse_{k}" in x)
+        summary[arch]["median_r2_static"] = None
+    grid_table = {arch: {k: _rmse(np.concatenate([per[arch][g]["refit"][k]["err"] for g in groups]))
+                         for k in keys if all(k in per[arch][g]["refit"] for g in groups)} for arch in archs}
+    return {"epochs": epochs, "seed": seed, "ensemble": ensemble, "augment_gain": augment_gain,
+            "grid": [dataclasses.asdict(rs) for rs in grid], "chosen": chosen, "rows": rows, "summary": summary,
+            "grid_pooled_all_subjects": grid_table, "adapt_settings": dataclasses.asdict(AdaptSettings()),
+            "seconds": time.perf_counter() - t0}
+
+
+def _rs_key(rs: RefitSettings) -> str:
+    return f"{rs.layers}/{rs.steps} every {rs.every_s:g} s, guard {rs.guard_window}"
+
+
+def refit_markdown(res: dict[str, Any]) -> str:
+    lines = ["# Online adaptation from zero-shot: RLS readout vs periodic refit (LOSO, second half, knee angle, deg)", "",
+             f"Population models per fold as shipped (session normalisation 3 s; `lstm` = ensemble of "
+             f"{res['ensemble']} LSTMs, gain augmentation {res['augment_gain']:g}; {res['epochs']} epochs, seed "
+             f"{res['seed']}). RLS: `AdaptSettings()` on the compiled engine's features. Refit: "
+             "`models.adapt.refit_candidates` + `guard_publish` (causal, simulated; not yet in the live loop), "
+             "setting chosen per test subject by the other subjects' LSTM results. `exoloop bench adapt --refit`. "
+             f"Wall {res['seconds']:.0f} s.", "",
+             "| arch | training mean | static (zero-shot) | RLS readout | refit + guard | sessions worse than static: RLS / refit (max +deg) |",
+             "|---|---:|---:|---:|---:|---|"]
+    for arch, s in res["summary"].items():
+        f = lambda v: f"{v:.2f}" if v is not None else "–"
+        w = f"{s.get('worse_rls', '–')} ({s.get('max_worse_rls', 0):+.2f}) / " + (
+            f"{s['worse_refit']} ({s['max_worse_refit']:+.2f})" if "worse_refit" in s else "–")
+        lines.append(f"| {arch} | {f(s['pooled_mean'])} | {f(s['pooled_static'])} | {f(s['pooled_rls'])} | "
+                     f"{f(s['pooled_refit'])} | {w} |")
+    lines += ["", "Refit grid, LSTM, pooled over all subjects (each point on every subject: for reference, not a choice):", "",
+              "| setting | pooled RMSE |", "|---|---:|"]
+    for k, v in res["grid_pooled_all_subjects"].get("lstm", {}).items():
+        lines.append(f"| {k} | {v:.2f} |")
+    lines += ["", "Per session:", "", "| arch | subject | frames | mean | static | RLS | refit | setting | engaged | refits | CPU s / refit |",
+              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for r in res["rows"]:
+        ref = (f"{r['rmse_refit']:.2f} | {r['refit_setting']} | {r['engaged']:.2f} | {r['refits']} | "
+               f"{r['cpu_per_refit_s']:.2f}") if "rmse_refit" in r else "– | – | – | – | –"
+        lines.append(f"| {r['arch']} | {r['subject']} | {r['frames']} | {r['rmse_mean']:.2f} | {r['rmse_static']:.2f} | "
+                     f"{r['rmse_rls']:.2f} | {ref} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -298,7 +462,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=CACHE, help=f"trained-model cache (default {CACHE})")
     p.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
     p.add_argument("--quick", action="store_true", help="3 folds, a 12-point grid (smoke run)")
+    p.add_argument("--refit", action="store_true",
+                   help="the refit study instead (RLS vs periodic refit on the shipped recipe): refit.{json,md}")
+    p.add_argument("--ensemble", type=int, default=3, help="--refit: LSTM members (default 3)")
+    p.add_argument("--augment-gain", type=float, default=0.5, help="--refit: gain augmentation (default 0.5)")
     a = p.parse_args(argv)
+    if a.refit:
+        res = refit_study(tuple(a.archs.split(",")), 20 if a.epochs == 10 else a.epochs, 0, a.ensemble,
+                          a.augment_gain, a.quick)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "refit.json").write_text(json.dumps(res, indent=1) + "\n")
+        (a.out / "refit.md").write_text(refit_markdown(res))
+        print(refit_markdown(res))
+        return 0
     res = run(tuple(a.archs.split(",")), a.epochs, a.inner_arch, a.cache, a.quick)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "adapt.json").write_text(json.dumps(res, indent=1) + "\n")

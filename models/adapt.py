@@ -471,3 +471,89 @@ def summary(status: dict[str, Any]) -> str:
             f"engaged {status['engaged']}x, fell back {status['fallbacks']}x, {status['dropped']} frames dropped; "
             f"session RMSE static {fmt(status['session_static_rmse'])}, published "
             f"{fmt(status['session_published_rmse'])}" + (f"; saved {status['saved']}" if "saved" in status else ""))
+
+
+# --------------------------------------------------------------------------- periodic refit (study)
+#
+# Adapting more than the readout: every ``every_s`` of session time the population model is
+# fine-tuned (``models.calibrate.fine_tune``, no re-centring) on the session so far, with the
+# targets whose labels have arrived (frame time + ``delay_s`` <= now); the refitted model's
+# prediction is the candidate from ``swap_s`` later (time for the fit and for re-running it
+# over the buffered features to get its state). A prequential guard publishes the candidate at a
+# frame only when, over the last ``guard_window`` labelled frames before it, the candidates *as
+# they were made then* beat the static model by the margin; else the static prediction. Every
+# decision uses only labels that had arrived: a replay of a session gives the same result as the
+# simulation, bit for bit, whatever the compute time (the swap time is fixed, not "when done").
+# Measured offline (``exoloop bench adapt --refit``); not yet wired into the live loop.
+
+
+@dataclass(frozen=True)
+class RefitSettings:
+    """``every_s`` between refits (from ``start_s`` after the session start), fine-tune
+    ``layers`` / ``steps`` / ``lr``, ``delay_s`` (label latency), ``swap_s`` (refit -> use),
+    ``min_labels`` (frames needed for a first fit), guard ``guard_window`` (labelled frames;
+    0 = no guard) with at least ``guard_min`` of them, and ``margin``."""
+
+    every_s: float = 1.0
+    start_s: float = 4.0
+    layers: str = "all"
+    steps: int = 200
+    lr: float = 0.01
+    delay_s: float = 0.1
+    swap_s: float = 0.5
+    min_labels: int = 10
+    guard_window: int = 10
+    guard_min: int = 10
+    margin: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.every_s > 0 and self.steps >= 0 and self.delay_s >= 0 and self.swap_s >= 0
+                and self.guard_window >= 0 and self.guard_min >= 1 and self.margin >= 0):
+            raise ValueError(f"refit settings out of range: {self}")
+
+
+def refit_candidates(model: Any, frames: Any, rs: RefitSettings) -> tuple[np.ndarray, list[float]]:
+    """Candidate predictions ``float32[k, T]`` over ``frames`` (a ``models.dataset.FrameSet``,
+    the whole session; NaN before the first swap) and the refit times. Causal: the fit at time
+    ``tk`` sees the targets of frames with ``t + delay_s <= tk`` only."""
+    import dataclasses
+
+    from models.calibrate import FineTune, fine_tune, predict
+
+    cand = np.full(frames.targets.shape, np.nan, np.float32)
+    ft = FineTune(rs.layers, rs.steps, lr=rs.lr, seed=rs.seed, recentre=False)
+    t0, t1 = float(frames.t[0]), float(frames.t[-1])
+    times, k = [], 0
+    while (tk := t0 + rs.start_s + k * rs.every_s) < t1:
+        k += 1
+        seen = dataclasses.replace(frames, targets=np.where((frames.t + rs.delay_s <= tk)[:, None], frames.targets, np.nan))
+        if int(seen.mask.all(axis=1).sum()) < rs.min_labels:
+            continue
+        p = predict(fine_tune(model, [seen], ft), frames.features)
+        use = frames.t >= tk + rs.swap_s
+        cand[use] = p[use]
+        times.append(tk)
+    return cand, times
+
+
+def guard_publish(t: np.ndarray, truth: np.ndarray, static: np.ndarray, cand: np.ndarray,
+                  rs: RefitSettings) -> tuple[np.ndarray, np.ndarray]:
+    """What is published per frame (candidate or static) and where the candidate was published.
+    At frame ``i`` the errors of the last ``guard_window`` frames ``j`` with a candidate, a finite
+    truth and ``t_j + delay_s <= t_i`` decide (RMSE summed over targets)."""
+    pub = static.astype(np.float32).copy()
+    on = np.zeros(len(t), bool)
+    has = np.all(np.isfinite(cand), axis=1) & np.all(np.isfinite(truth), axis=1)
+    for i in np.nonzero(np.all(np.isfinite(cand), axis=1))[0]:
+        if rs.guard_window == 0:
+            on[i] = True
+        else:
+            idx = np.nonzero(has[:i] & (t[:i] + rs.delay_s <= t[i]))[0][-rs.guard_window:]
+            if len(idx) >= rs.guard_min:
+                es = np.sqrt(np.mean((static[idx] - truth[idx]) ** 2))
+                ec = np.sqrt(np.mean((cand[idx] - truth[idx]) ** 2))
+                on[i] = ec * (1 + rs.margin) < es
+        if on[i]:
+            pub[i] = cand[i]
+    return pub, on

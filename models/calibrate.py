@@ -48,13 +48,15 @@ LAYERS = ("readout", "last", "all")
 @dataclass(frozen=True)
 class FineTune:
     """``layers`` (readout | last | all), ``steps`` (Adam steps; 0: re-centre only), ``lr``,
-    ``bptt`` (frames per segment), ``seed``."""
+    ``bptt`` (frames per segment), ``seed``; ``recentre``: first move the output mean to the
+    calibration data's mean (off for online refits on a few seconds, whose mean is biased)."""
 
     layers: str = "all"
     steps: int = 100
     lr: float = 0.01
     bptt: int = 32
     seed: int = 0
+    recentre: bool = True
 
     def __post_init__(self) -> None:
         if self.layers not in LAYERS:
@@ -97,8 +99,9 @@ def fine_tune(model: Regressor, sets: list[FrameSet], ft: FineTune,
     torch.manual_seed(ft.seed)
     rng = np.random.default_rng(ft.seed)
     m = copy.deepcopy(model)
-    mean, _ = target_stats(sets)
-    m.set_target_stats(mean, m.target_std.numpy())
+    if ft.recentre:
+        mean, _ = target_stats(sets)
+        m.set_target_stats(mean, m.target_std.numpy())
     if ft.steps:
         params = trainable(m, ft.layers)
         opt = torch.optim.Adam(params, lr=ft.lr)
