@@ -23,9 +23,13 @@ Checks per fault (``FaultResult.checks``; a fault passes when all hold):
   reports the child ``hung`` or restarts it within its hang budget + slack;
 - ``back``: active again within ``RECOVER_S`` of the fault's end (time reported);
 - ``no_unflagged_wrong``: every ``pred`` is mapped to the clean recording time it stands for
-  (the player's chunk log) and compared with the clean chain (the same front end and a fresh
-  engine over the clean samples, offline); one that differs by more than ``TOL`` (2°) and
-  carries no INVALID flag must have arrived while the controller was not active;
+  (the player's chunk log) and compared with the clean chain (:class:`Reference`: per loop
+  session, the bundle's own front end — session-normalised for the shipped bundle — from the
+  clean row where that session started, restarted where the chain's front end restarted, and a
+  fresh engine with the loop's reset and settling rule, :func:`models.settle.gated_run`, all
+  offline over the clean samples); one that differs by more than ``TOL`` (2°) and carries no
+  INVALID flag must have arrived while the controller was not active, and so must one that has
+  no reference frame at its clean time (unmatched: it is never interpolated);
 - ``no_stale_applied``: no unflagged pred older than ``controller.max_age_ms`` on arrival
   while the controller was active;
 - ``rate``: every applied command within ``[lower, upper]`` and moved by at most ``rate ×
@@ -35,7 +39,10 @@ Checks per fault (``FaultResult.checks``; a fault passes when all hold):
 
 ``TOL`` = 2°: the clean chain equals its offline replay to 1e-5° (tests/test_loop_e2e.py), so
 any larger difference is the fault's; 2° is below a goniometer's resolution and 1/8 of the
-bundled model's held-out RMSE (15°), so what passes is clinically the same command.
+bundled model's held-out RMSE (15°), so what passes is clinically the same command. After a
+contaminated stretch the loop resets the engine and flags the model's measured settling span
+(``model.settle_tol`` = 1° = TOL / 2): the chain and the reference, reset at different frames,
+are then each within 1° of a continuously running engine, so within 2° of each other.
 """
 
 from __future__ import annotations
@@ -108,7 +115,7 @@ class Preds:
 
     def __init__(self, n_targets: int, keep: bool = True):
         self.keep = keep
-        self.rows: list[tuple[float, float, float, int, int]] = []  # t_recv, t_src, t_pub, seq, flags
+        self.rows: list[tuple[float, float, float, int, int, int]] = []  # t_recv, t_src, t_pub, seq, flags, session no.
         self.values: list[list[float]] = []
         self.n = self.seq_gaps = self.sessions = self.flagged = 0
         self.last: tuple[Any, int] | None = None
@@ -128,11 +135,12 @@ class Preds:
         self.n += 1
         self.flagged += int(bool(int(msg["flags"]) & F.INVALID))
         if self.keep:
-            self.rows.append((t_recv, float(msg["t_src"]), float(msg["t_pub"]), seq, int(msg["flags"])))
+            self.rows.append((t_recv, float(msg["t_src"]), float(msg["t_pub"]), seq, int(msg["flags"]),
+                              self.sessions - 1))
             self.values.append(list(msg["values"]))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.array(self.rows, dtype=float).reshape(-1, 5)
+        rows = np.array(self.rows, dtype=float).reshape(-1, 6)
         return rows, np.array(self.values, dtype=float).reshape(-1, self.n_targets)
 
 
@@ -531,20 +539,165 @@ def run_chain_faults(chain: Chain, faults: list[str], settle_s: float = 2.0,
 
 # -- the clean reference and the verdicts --------------------------------------------------------
 
-def clean_reference(chain: Chain, seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """(t float64[k] s since the player's first sample, values float32[k, T]): the chain's frames
-    over the clean recording, looped as the player loops it, stepped by a fresh engine."""
-    from kernels.frontend import FrontEnd, run_offline
-    from models.step_engine import run_sequence
+@dataclass
+class Reference:
+    """The clean chain the preds are judged against, per loop session: the bundle's own front end
+    (:meth:`models.bundle.Bundle.frontend`, a fresh one per session) over the clean recording,
+    looped as the player loops it, from the clean row where that session's front end started,
+    restarted at every clean row where the chain's front end restarted (read off the chain's
+    RESTART preds), stepped by a fresh engine with the loop's rule
+    (:func:`models.settle.gated_run`: resets, settling WARMUP). ``t[s]`` float64[k] (clean s since
+    the player's first sample), ``values[s]`` float32[k, T], ``flags[s]`` uint32[k]; ``starts[s]``
+    and ``restarts[s]``: the clean rows used."""
 
-    rec = chain.rec
+    t: dict[int, np.ndarray]
+    values: dict[int, np.ndarray]
+    flags: dict[int, np.ndarray]
+    starts: dict[int, int]
+    restarts: dict[int, list[int]]
+
+
+def _first_frame_row(chain: Chain) -> int:
+    """Input row (0-based, since a front end's start or restart) of its first frame's newest sample."""
+    from kernels.frontend import run_offline
+
+    fe = chain.bundle.frontend(chain.config)
+    n = chain.config.frontend.window.length + 4 * chain.config.frontend.window.hop + int(fe.delay_samples)
+    rel = chain.rec.timestamps[:n] - chain.rec.timestamps[0]
+    fr = run_offline(fe, rel, np.asarray(chain.rec.samples[:n], np.float32), chunk=chain.chunk)
+    return int(np.searchsorted(rel, fr.t[0] - 0.5 / chain.rec.fs))
+
+
+#: A reference restart that puts the reference's front end on the chain's row phase is placed
+#: this many hops (plus the model's settle span) before the chain's first valid frame on the new
+#: phase: the front end's warm-up after a restart (23 hops in the UCI profile) with room.
+_GRID_LEAD_HOPS = 30
+
+
+class RowCounter:
+    """The chain's front-end row index of a clean row, from the player's chunk log (samples
+    pushed per chunk: a rate fault pushes half or ten times the clean samples), counted from
+    ``seg`` (a clean row where the chain's front end started or restarted). Assumes every pushed
+    sample reached the loop (LSL on loopback; a lost one shows as a wrong pred, not hidden)."""
+
+    def __init__(self, log: np.ndarray, t0: float, fs: float):
+        clean_first = (log[:, 1] - log[:, 3] - t0) * fs
+        self.first = np.ceil(clean_first - 1e-3).astype(np.int64)  # a rate_10k chunk starts 0.9 sample early
+        n = log[:, 4].astype(np.int64) if log.shape[1] > 4 else np.full(len(log), 10, np.int64)
+        self.before = np.concatenate([[0], np.cumsum(n)[:-1]])
+
+    def _cum(self, row: int) -> int:
+        j = int(np.searchsorted(self.first, row, side="right")) - 1
+        return int(self.before[j] + (row - self.first[j])) if j >= 0 else row
+
+    def index(self, row: int, seg: int) -> int:
+        return self._cum(row) - self._cum(seg)
+
+
+def _grid_restarts(valid_rows: np.ndarray, start: int, restarts: list[int], r0: int, hop: int,
+                   lead: int, period: int, counter: RowCounter | None) -> list[int]:
+    """Clean rows where the reference restarts so that its front end stays on the chain's row
+    phase: a fault that changes how many rows the chain's front end consumed without restarting
+    it (``rate_500`` drops every other sample, ``rate_10k`` repeats each 10x) moves the chain's
+    rows against the clean ones. ``period``: the rows after which the front end's processing
+    repeats (the hop, and the wavelet packets' 2**level shift: their lcm). For each valid chain
+    frame (clean row of its newest sample, in order) whose chain row index (``counter``; without
+    it, ``r0 + k * hop`` is assumed: only the hop grid is matched) differs from the reference's
+    modulo ``period``: a restart at least ``lead`` hops before it, on the chain's phase, after the
+    previous valid frame (the stretch between is flagged by the chain); none where there is no room."""
+    out: list[int] = []
+    seg = [start] + sorted(restarts)
+    a, chain_seg, prev = start, start, None
+    for c in valid_rows:
+        c = int(c)
+        while len(seg) > 1 and c - r0 >= seg[1]:  # into the next segment of the chain's restarts
+            seg.pop(0)
+            a = chain_seg = seg[0]
+            prev = None
+        idx = counter.index(c, chain_seg) if counter is not None else None
+        off = (c - a - idx) % period if idx is not None else (c - r0 - a) % hop
+        if off:
+            k = lead if prev is None else min(lead, (c - prev) // hop - 1)
+            r = c - k * hop
+            if idx is not None:
+                r -= (r - (c - idx)) % period  # the reference's row 0 where the chain's index is 0 mod period
+            else:
+                r -= r0
+            if k >= lead and r > a and (prev is None or r > prev):
+                a = r
+                out.append(a)
+        prev = c
+    return out
+
+
+def clean_rows(chain: Chain, clean_t: np.ndarray) -> np.ndarray:
+    """Row index in the looped clean stream of each clean time (NaN stays -1)."""
+    ok = np.isfinite(clean_t)
+    out = np.full(len(clean_t), -1, np.int64)
+    out[ok] = np.rint(clean_t[ok] * chain.rec.fs).astype(np.int64)  # 3Amar-like recordings: uniform stamps
+    return out
+
+
+def clean_reference(chain: Chain, rows: np.ndarray, clean_t: np.ndarray) -> Reference | None:
+    """:class:`Reference` for the preds ``rows`` (:meth:`Preds.arrays`) with clean times ``clean_t``
+    (:meth:`rt.faults.FaultPlayerProcess.clean_time`). Session ``s`` starts at the clean row of its
+    earliest matched pred minus that frame's row in the session (``r0 + seq * hop``: one pred per
+    frame, seq from 0); a RESTART pred at clean row ``c`` means the chain's front end restarted
+    at row ``c - r0``. None if no pred has a clean time."""
+    from kernels import flags as F
+    from kernels.frontend import Frames
+    from models.settle import gated_run
+
+    rec, fs, hop = chain.rec, chain.rec.fs, chain.config.frontend.window.hop
+    crow = clean_rows(chain, clean_t)
+    if not (crow >= 0).any():
+        return None
+    r0 = _first_frame_row(chain)
+    wav = chain.config.frontend.wavelet
+    period = math.lcm(hop, 2 ** wav.level) if wav.enabled else hop
+    try:
+        counter = RowCounter(chain.player.chunk_log(), chain.player.t0, fs)
+    except (RuntimeError, AttributeError, OSError):
+        counter = None
+    session, seq, flags = rows[:, 5].astype(np.int64), rows[:, 3].astype(np.int64), rows[:, 4].astype(np.int64)
+    n_rec = len(rec.timestamps)
     rel = rec.timestamps - rec.timestamps[0]
-    pass_len = rel[-1] + 1.0 / rec.fs
-    passes = int(seconds // pass_len) + 1
-    t = np.concatenate([rel + k * pass_len for k in range(passes)])
-    x = np.tile(np.asarray(rec.samples, np.float32), (passes, 1))
-    fr = run_offline(FrontEnd(chain.config, chain.bundle.norm_stats), t, x, chunk=chain.chunk)
-    return fr.t.copy(), run_sequence(chain.bundle.engine("compiled"), fr.features)
+    pass_len = rel[-1] + 1.0 / fs
+    x_rec = np.asarray(rec.samples, np.float32)
+    ref = Reference({}, {}, {}, {}, {})
+    for s in np.unique(session):
+        mine = (session == s) & (crow >= 0)
+        if not mine.any():
+            continue
+        i = int(np.nonzero(mine)[0][np.argmin(seq[mine])])
+        start = int(crow[i] - r0 - seq[i] * hop)
+        restarts = sorted({int(c - r0) for c in crow[mine & ((flags & F.RESTART) != 0)] if c - r0 > start})
+        valid = np.nonzero(mine & ((flags & F.INVALID) == 0))[0]
+        valid = valid[np.argsort(crow[valid], kind="stable")]
+        restarts = sorted(restarts + _grid_restarts(crow[valid], start, restarts, r0, hop,
+                                                    _GRID_LEAD_HOPS + chain.bundle.settle_hops, period, counter))
+        end = int(crow[mine].max()) + hop + 1
+        idx = np.arange(max(start, 0), end)
+        t = rel[idx % n_rec] + (idx // n_rec) * pass_len
+        x = x_rec[idx % n_rec]
+        fe = chain.bundle.frontend(chain.config)
+        cuts = [0] + [r - idx[0] for r in restarts] + [len(idx)]
+        parts = []
+        for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+            if k:
+                fe.restart()  # where the chain's front end restarted (gap, clock jump, reconnect)
+            for c in range(a, b, 256):
+                fr = fe.push(t[c:min(c + 256, b)], x[c:min(c + 256, b)])
+                parts.append(Frames(fr.t.copy(), fr.features.copy(), fr.flags.copy()))
+        ft = np.concatenate([p.t for p in parts])
+        feats = np.concatenate([p.features for p in parts])
+        fflags = np.concatenate([p.flags for p in parts])
+        span = -(-int(fe.span_samples if hasattr(fe, "span_samples") else fe._timing.span_samples) // hop)
+        values, out_flags = gated_run(chain.bundle.engine("compiled"), feats, fflags, chain.bundle.settle_hops,
+                                      span_frames=span)
+        ref.t[int(s)], ref.values[int(s)], ref.flags[int(s)] = ft, values, out_flags
+        ref.starts[int(s)], ref.restarts[int(s)] = start, restarts
+    return ref
 
 
 @dataclass
@@ -602,31 +755,34 @@ def _detect_s(kind: str, config: Any) -> float:
     return 0.0
 
 
-def pred_errors(chain: Chain, ref: tuple[np.ndarray, np.ndarray] | None, t_src: np.ndarray, t_pub: np.ndarray,
-                vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(clean time, max |pred - clean| over targets) per pred; NaN where it has no clean time.
-    A clean time within 0.6 sample of a reference frame takes that frame's values; between
-    frames (a restarted front end's hop grid), the reference is interpolated."""
-    clean_t = chain.player.clean_time(t_src, t_pub) if ref is not None else np.full(len(t_src), np.nan)
-    err = np.full(len(t_src), np.nan)
-    ok = np.isfinite(clean_t)
-    if not ok.any():
-        return clean_t, err
-    rt, rv = ref
-    ct = clean_t[ok]
-    i = np.clip(np.searchsorted(rt, ct), 1, len(rt) - 1)
-    near = np.where(np.abs(rt[i - 1] - ct) <= np.abs(rt[i] - ct), i - 1, i)
-    on_grid = np.abs(rt[near] - ct) <= 0.6 / chain.rec.fs
-    e = np.zeros(len(ct))
-    for j in range(vals.shape[1]):
-        r = np.where(on_grid, rv[near, j], np.interp(ct, rt, rv[:, j], left=np.nan, right=np.nan))
-        e = np.fmax(e, np.abs(vals[ok, j] - r))
-    err[ok] = e
-    return clean_t, err
+def pred_errors(chain: Chain, ref: Reference | None, rows: np.ndarray, vals: np.ndarray,
+                clean_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(max |pred - reference| over targets, reference flags) per pred: the reference frame of the
+    pred's session at its clean time (within 0.6 sample); NaN (flags 0) where there is none — a
+    pred the reference has no frame for is unmatched, never interpolated."""
+    err = np.full(len(rows), np.nan)
+    rfl = np.zeros(len(rows), np.int64)
+    if ref is None:
+        return err, rfl
+    session = rows[:, 5].astype(np.int64)
+    tol = 0.6 / chain.rec.fs
+    for s, rt in ref.t.items():
+        sel = np.nonzero((session == s) & np.isfinite(clean_t))[0]
+        if not sel.size or not len(rt):
+            continue
+        ct = clean_t[sel]
+        i = np.clip(np.searchsorted(rt, ct), 1, len(rt) - 1)
+        near = np.where(np.abs(rt[i - 1] - ct) <= np.abs(rt[i] - ct), i - 1, i)
+        on = np.abs(rt[near] - ct) <= tol
+        err[sel[on]] = np.max(np.abs(vals[sel[on]] - ref.values[s][near[on]]), axis=1)
+        rfl[sel[on]] = ref.flags[s][near[on]]
+    return err, rfl
 
 
-def judge_chain(chain: Chain, windows: list[Window], ref: tuple[np.ndarray, np.ndarray] | None) -> list[FaultResult]:
-    """Verdicts for the chain's windows (see the module docstring)."""
+def judge_chain(chain: Chain, windows: list[Window], ref: Reference | None,
+                clean_t: np.ndarray | None = None) -> list[FaultResult]:
+    """Verdicts for the chain's windows (see the module docstring); ``clean_t``: the preds' clean
+    times (computed if not given)."""
     from kernels import flags as F
     from rt.faults import SIGNAL_FAULTS
 
@@ -634,7 +790,9 @@ def judge_chain(chain: Chain, windows: list[Window], ref: tuple[np.ndarray, np.n
     t_recv, t_src, t_pub, flags = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 4].astype(np.int64)
     invalid = (flags & F.INVALID) != 0
     applied = chain.ctl.modes_of(t_pub, rows[:, 3].astype(np.int64)) == "active"
-    clean_t, err = pred_errors(chain, ref, t_src, t_pub, vals)
+    if clean_t is None:
+        clean_t = chain.player.clean_time(t_src, t_pub)
+    err, ref_flags = pred_errors(chain, ref, rows, vals, clean_t)
     age = t_pub - t_src  # a lower bound of its age at the controller
     out = []
     base = chain.delay_s + chain.hop_s + chain.watchdog_s
@@ -654,10 +812,15 @@ def judge_chain(chain: Chain, windows: list[Window], ref: tuple[np.ndarray, np.n
                         max_unflagged_err=float(np.max(err[uw])) if uw.any() else 0.0,
                         last_unflagged_wrong_s=float(t_pub[uw].max() - w.t_end) if uw.any() else None,
                         safe_reason=str(safe_ev["reason"])[:120] if safe_ev is not None and safe_ev["t"] < w.t_stop else "",
-                        unmatched_unflagged_applied=int((sel & ~np.isfinite(clean_t) & ~invalid & applied).sum())
+                        unmatched_unflagged_applied=int((sel & ~np.isfinite(err) & ~invalid & applied).sum())
                         if ref is not None else 0,
                         stale_applied=int((sel & ~invalid & applied & (age > chain.max_age_s)).sum()),
                         notes=list(w.notes), extra=dict(w.extra))
+        # informational: preds the chain calls valid where the clean reference is not (its own
+        # warm-up or settling after the same restart), and the worst error among valid preds
+        r.extra["valid_where_reference_invalid"] = int((sel & ~invalid & ((ref_flags & F.INVALID) != 0)).sum())
+        ok_err = sel & ~invalid & np.isfinite(err)
+        r.extra["max_valid_err"] = round(float(err[ok_err].max()), 4) if ok_err.any() else None
         if expect_safe:
             r.checks["safe"] = safe_s is not None and safe_s <= budget
             r.checks["safe_while_fault_lasts"] = not early
@@ -707,9 +870,11 @@ def run_chain_group(workdir: Path, faults: list[str], *, forecaster: bool, settl
     import pylsl
 
     progress(f"chain {chain.name}: clean reference and verdicts")
-    seconds = pylsl.local_clock() - chain.player.t0 + 5.0 if chain.player.t0 == chain.player.t0 else 0.0
-    ref = clean_reference(chain, seconds) if seconds > 0 else None
-    results = judge_chain(chain, windows, ref)
+    rows, vals = chain.preds.arrays()
+    clean_t = chain.player.clean_time(rows[:, 1], rows[:, 2]) if chain.player.t0 == chain.player.t0 \
+        else np.full(len(rows), np.nan)
+    ref = clean_reference(chain, rows, clean_t)
+    results = judge_chain(chain, windows, ref, clean_t)
     totals = chain_totals(chain, codes)
     totals["checks"] = {
         "no_seq_gap": totals["seq_gaps"] == 0,
@@ -719,11 +884,11 @@ def run_chain_group(workdir: Path, faults: list[str], *, forecaster: bool, settl
         "clean_exit": all(c == 0 for c in codes.values()),
     }
     if ref is not None:  # the clean stretch before the first fault must match the reference exactly
-        rows, vals = chain.preds.arrays()
         first = min((w.t_start for w in windows), default=math.inf)
         pre = rows[:, 0] < first
-        _, e = pred_errors(chain, ref, rows[pre, 1], rows[pre, 2], vals[pre])
+        e, _ = pred_errors(chain, ref, rows[pre], vals[pre], clean_t[pre])
         e = e[np.isfinite(e)]
+        totals["reference"] = {"starts": ref.starts, "restarts": ref.restarts}
         totals["clean_max_err"] = float(e.max()) if e.size else None
         totals["clean_compared"] = int(e.size)
         totals["checks"]["clean_equals_reference"] = bool(e.size) and float(e.max()) <= CLEAN_TOL

@@ -153,21 +153,27 @@ def measure_frame_sets(engine: Any, sets: Iterable[Any], tol: float, **kw: Any) 
 
 
 def gated_run(engine: Any, features: np.ndarray, flags: np.ndarray, settle_hops: int,
-              extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              extra: np.ndarray | None = None, span_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Step ``engine`` (from a reset) over ``features`` with the loop's rule (:mod:`rt.loop`):
     reset at a RESTART frame; reset at the first frame without a :data:`CONTAMINATED` bit after a
     RESTART or after frames with one that follow a clean frame, and after a non-finite step (the
     last finite values are output, NONFINITE set); WARMUP on the ``settle_hops`` frames stepped
-    after those resets. ``extra``: bits the loop adds from the source (RATE), per frame. Returns
-    ``(values float32[n, T], flags uint32[n])``."""
+    after those resets; WARMUP (contaminated) on the ``span_frames`` frames after a FLAT or
+    LOW_LEVEL frame (:attr:`rt.loop.Loop.span_frames`). ``extra``: bits the loop adds from the
+    source (RATE), per frame. Returns ``(values float32[n, T], flags uint32[n])``."""
     n = len(features)
     out = np.zeros((n, engine.n_targets), np.float32)
     out_fl = np.zeros(n, np.uint32)
     last = np.zeros(engine.n_targets, np.float32)
     engine.reset()
-    left, dirty, seen_clean = 0, False, False
+    left, dirty, seen_clean, span_left = 0, False, False, 0
     for i in range(n):
         f = int(flags[i]) | (int(extra[i]) if extra is not None else 0)
+        if f & (fl.FLAT | fl.LOW_LEVEL):
+            span_left = span_frames
+        elif span_left:
+            f |= fl.WARMUP
+            span_left -= 1
         if f & fl.RESTART:
             engine.reset()
             left, dirty = 0, True

@@ -71,18 +71,24 @@ class FaultEvent:
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
+#: Columns of a chunk-log row: push time (LSL clock), first and last pushed stamp, shift of the
+#: pushed stamps from the clean ones, number of samples pushed (a rate fault changes it).
+LOG_COLUMNS = 5
+
+
 class _ChunkLog:
-    """Per pushed chunk: push time (LSL clock), first and last pushed stamp, and the shift of the
-    pushed stamps from the clean ones; in memory (growable) or appended to ``file`` (float64
-    rows, flushed every 10 chunks; read back with :func:`read_chunk_log`)."""
+    """Per pushed chunk: push time (LSL clock), first and last pushed stamp, the shift of the
+    pushed stamps from the clean ones and the number of samples pushed; in memory (growable) or
+    appended to ``file`` (float64 rows, flushed every 10 chunks; read back with
+    :func:`read_chunk_log`)."""
 
     def __init__(self, file: IO[bytes] | None = None, capacity: int = 1 << 14):
         self.file = file
-        self.a = np.zeros((capacity if file is None else 16, 4))
+        self.a = np.zeros((capacity if file is None else 16, LOG_COLUMNS))
         self.n = 0
 
     def add(self, t_push: float, ts: np.ndarray, shift: float) -> None:
-        row = (t_push, ts[0], ts[-1], shift)
+        row = (t_push, ts[0], ts[-1], shift, float(len(ts)))
         if self.file is not None:
             self.file.write(np.asarray(row, np.float64).tobytes())
             self.n += 1
@@ -96,9 +102,9 @@ class _ChunkLog:
 
 
 def read_chunk_log(path: str | Path) -> np.ndarray:
-    """A chunk log file as float64[n, 4] (a partly written last row is dropped)."""
+    """A chunk log file as float64[n, LOG_COLUMNS] (a partly written last row is dropped)."""
     raw = np.fromfile(path, dtype=np.float64)
-    return raw[: len(raw) // 4 * 4].reshape(-1, 4)
+    return raw[: len(raw) // LOG_COLUMNS * LOG_COLUMNS].reshape(-1, LOG_COLUMNS)
 
 
 def clean_time(log: np.ndarray, t0: float, fs: float, t_src: np.ndarray, t_pub: np.ndarray,
@@ -120,7 +126,7 @@ def clean_time(log: np.ndarray, t0: float, fs: float, t_src: np.ndarray, t_pub: 
 class FaultPlayer:
     """A looping :class:`Player` of ``recording`` as LSL stream ``name`` whose chunks pass through
     the fault asked for by :meth:`inject`. ``log``: keep the chunk log that :meth:`clean_time`
-    reads (4 doubles per chunk of 10 samples: 0.2 MB per minute), or a binary file to append it
+    reads (5 doubles per chunk of 10 samples: 0.24 MB per minute), or a binary file to append it
     to; off for long soaks. ``on_fault(event)`` is called (player thread) when a fault ends."""
 
     def __init__(self, recording: Recording, name: str, *, chunk: int = 10, log: bool | IO[bytes] = True,
@@ -228,11 +234,15 @@ class FaultPlayer:
 
     # -- reading the log ----------------------------------------------------------------------
 
-    def clean_time(self, t_src: np.ndarray, t_pub: np.ndarray) -> np.ndarray:
-        """:func:`clean_time` over this player's in-memory chunk log."""
+    def chunk_log(self) -> np.ndarray:
+        """The in-memory chunk log, float64[n, LOG_COLUMNS] (a copy)."""
         if self._log is None or self._log.file is not None:
             raise RuntimeError("this FaultPlayer keeps no chunk log in memory")
-        return clean_time(self._log.a[:self._log.n], self.t0, self.fs, t_src, t_pub)
+        return self._log.a[:self._log.n].copy()
+
+    def clean_time(self, t_src: np.ndarray, t_pub: np.ndarray) -> np.ndarray:
+        """:func:`clean_time` over this player's in-memory chunk log."""
+        return clean_time(self.chunk_log(), self.t0, self.fs, t_src, t_pub)
 
 
 class FaultPlayerProcess:
@@ -302,11 +312,15 @@ class FaultPlayerProcess:
         self.proc.stdin.flush()
         return ev
 
-    def clean_time(self, t_src: np.ndarray, t_pub: np.ndarray) -> np.ndarray:
-        """:func:`clean_time` over the chunk log the process wrote."""
+    def chunk_log(self) -> np.ndarray:
+        """The chunk log the process wrote, float64[n, LOG_COLUMNS]."""
         if self.log is None:
             raise RuntimeError("FaultPlayerProcess(log=None) keeps no chunk log")
-        return clean_time(read_chunk_log(self.log), self.t0, self.fs, t_src, t_pub)
+        return read_chunk_log(self.log)
+
+    def clean_time(self, t_src: np.ndarray, t_pub: np.ndarray) -> np.ndarray:
+        """:func:`clean_time` over the chunk log the process wrote."""
+        return clean_time(self.chunk_log(), self.t0, self.fs, t_src, t_pub)
 
     def stop(self, grace_s: float = 10.0) -> int | None:
         """Close its stdin (it stops playing, withdraws its outlets and exits); its exit code."""
@@ -339,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recording", metavar="REC")
     p.add_argument("--name", required=True)
     p.add_argument("--chunk", type=int, default=10, help="samples per pushed chunk (default 10)")
-    p.add_argument("--log", metavar="PATH", help="append the chunk log here (float64 rows of 4)")
+    p.add_argument("--log", metavar="PATH", help="append the chunk log here (float64 rows of 5)")
     p.add_argument("--config", metavar="C", help="profile or TOML: channels mapped into its order and checked")
     p.add_argument("--wait-consumers", type=float, default=120.0, metavar="S",
                    help="wait up to S s for a consumer before playing (default 120)")

@@ -41,7 +41,11 @@ that one carry WARMUP: the settling measured from a reset applies (``settle_rese
 is reset and the next ``settle_hops`` frames carry WARMUP. A session's own start is not flagged:
 until its first clean frame the engine runs from its reset through the front end's warm-up
 frames, the path it was trained on and the continuous run the settling is measured against (a
-clean session still equals its offline replay).
+clean session still equals its offline replay). FLAT and LOW_LEVEL are the front end's
+per-frame bits (the window's newest row): the ``span_frames`` frames after the last one carry
+WARMUP as well and count as contaminated (the front end's span, window plus settling, in hops:
+the dead electrode's samples are still in the window and the filters when the level comes back,
+as a GAP's or a spike's rows are, which the front end itself carries for that span).
 :func:`models.settle.gated_run` is the same rule offline.
 
 Online adaptation (optional ``adapter``, :class:`models.adapt.ReadoutAdapter`): after each
@@ -147,6 +151,9 @@ class Loop:
                                  "span ('settle'; saved before it existed): add it with `python -m models.settle "
                                  "BUNDLE REC...` on the bundle's training recordings, or retrain with `exoloop train`")
         self.settle_hops = int(settle_hops)
+        #: frames after a FLAT/LOW_LEVEL frame still flagged WARMUP: the front end's span in hops
+        span = getattr(frontend, "span_samples", None) or getattr(getattr(frontend, "_timing", None), "span_samples", 0)
+        self.span_frames = -(-int(span) // config.frontend.window.hop)
         self.config = config
         self.frontend = frontend
         self.engine = engine
@@ -246,6 +253,7 @@ class Loop:
         stale_s = self.stale_s
         settle_hops, settle_left, dirty = self.settle_hops, 0, False  # frames still settling; contaminated state
         seen_clean = False  # a clean frame was stepped since the session's start
+        row_bits, span_frames, span_left = F.FLAT | F.LOW_LEVEL, self.span_frames, 0
         contaminated, warmup_bit = F.INVALID & ~F.STALE, F.WARMUP
         restart_fe = getattr(fe, "restart", None) or fe.reset
         stats = getattr(src, "stats", None)
@@ -293,6 +301,11 @@ class Loop:
                 h_fe.add(t2 - t1)
                 for i in range(len(frames.t)):
                     fl = int(frames.flags[i]) | src_flags
+                    if fl & row_bits:  # an electrode off / flat: its samples stay in the chain for a span
+                        span_left = span_frames
+                    elif span_left:
+                        fl |= warmup_bit
+                        span_left -= 1
                     if fl & restart_bit:  # the front end restarted: so does the recurrent state
                         eng.reset()  # (and again at the first clean frame after the warm-up)
                         self.resets += 1

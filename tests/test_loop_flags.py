@@ -203,7 +203,8 @@ def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_
     n = loop.settle_hops
     assert n == bundle.settle_hops > 0 and loop.resets == 1 and loop.settle_resets == 2
     live = res.flags & ~np.uint32(F.STALE)
-    values, flags = gated_run(bundle.engine("compiled"), ref.features, ref.flags, n, extra=res.flags & F.RATE)
+    values, flags = gated_run(bundle.engine("compiled"), ref.features, ref.flags, n, extra=res.flags & F.RATE,
+                              span_frames=loop.span_frames)
     np.testing.assert_array_equal(live, flags)
     np.testing.assert_allclose(res.values, values, rtol=0, atol=1e-5)
     bad = (live & ~np.uint32(F.WARMUP) & F.INVALID) != 0  # invalid for any reason but the settling
