@@ -219,10 +219,10 @@ class Bundle:
         return make_frontend(config or self.config, self.norm_stats, norm.mode, norm.warmup_s)
 
     def model(self) -> Any:
-        """The torch regressor (eval mode) or the :class:`~models.baselines.GPRModel`."""
+        """The torch regressor (eval mode) or the :class:`~models.gpr.GPRModel`."""
         if self._model is None:
             if self.kind == GPR:
-                from models.baselines import GPRModel
+                from models.gpr import GPRModel
 
                 self._model = GPRModel.from_parts(self.arrays, self.manifest["arch"])
             else:
@@ -240,13 +240,13 @@ class Bundle:
 
     def engine(self, kind: str = "compiled") -> Any:
         """A fresh :class:`~models.step_engine.StepEngine`: "compiled" (Numba) or "eager" (torch);
-        a GPR bundle always gives its (Numba) :class:`~models.baselines.GPRStepEngine`. Its
+        a GPR bundle always gives its (Numba) :class:`~models.gpr.GPRStepEngine`. Its
         ``settle_hops`` attribute is :attr:`settle_hops` (None for a bundle without it)."""
         if kind not in ("compiled", "eager"):
             raise ValueError(f"engine kind must be 'compiled' or 'eager', got {kind!r}")
         model = self.model()
         if self.kind == GPR:
-            from models.baselines import GPRStepEngine
+            from models.gpr import GPRStepEngine
 
             eng = GPRStepEngine(model)
         else:

@@ -13,7 +13,7 @@ import pytest
 
 from kernels.config import load_config
 from kernels.normalize import NormStats
-from models.baselines import GPRModel
+from models.gpr import GPRModel
 from models.bundle import BundleError, BundleMismatch, load_bundle, save_bundle
 from models.step_engine import CompiledStepEngine, run_sequence
 from tests.xlstm_helpers import perturbed_model
