@@ -216,3 +216,35 @@ def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_
     assert np.all(live[s1:s1 + n] & F.WARMUP) and not live[s1 + n] & F.WARMUP
     assert not np.any(ref.flags[c:c + n] & F.WARMUP) and not np.any(ref.flags[s1:s1 + n] & F.WARMUP)
     assert loop.status(0.0)["settling"] == 2 * n
+
+
+def test_electrode_off_is_carried_for_the_front_ends_span_then_the_engine_settles(uci_config, bundle):
+    """A replayed recording whose channel 0 goes near-silent (1e-6 mV) for 2 s: LOW_LEVEL is the
+    front end's per-frame bit; the loop carries it span_frames more frames as WARMUP (the dead
+    samples are still in the window and filters), resets the engine at the first frame after
+    that and flags the settle_hops frames from there; values and flags equal gated_run."""
+    from kernels.frontend import run_offline
+    from models.settle import gated_run
+
+    cfg = bundle.config
+    fs = cfg.stream.fs
+    rec = _recording(cfg, 12.0, seed=4)
+    x = rec.samples.copy()
+    x[int(3 * fs):int(5 * fs), 0] = (1e-6 * np.random.default_rng(5).standard_normal(int(2 * fs))).astype(np.float32)
+    rec = Recording(timestamps=rec.timestamps, samples=x, channel_names=rec.channel_names,
+                    channel_units=rec.channel_units, fs=fs)
+    loop = Loop(cfg, FrontEnd(cfg, bundle.norm_stats), bundle.engine("compiled"), ReplaySource(rec, chunk=37),
+                record=True, source_clock_local=False)
+    res = loop.run()
+    ref = run_offline(FrontEnd(cfg, bundle.norm_stats), rec.timestamps, rec.samples, chunk=37)
+    low = np.nonzero(ref.flags & F.LOW_LEVEL)[0]
+    assert low.size, "the silent channel is flagged LOW_LEVEL by the front end"
+    last, span, n = int(low[-1]), loop.span_frames, loop.settle_hops
+    assert span >= 1 and n >= 1
+    e = last + 1 + span  # first frame the loop calls clean: the engine is reset there
+    assert np.all(res.flags[last + 1:e] & F.WARMUP) and not np.any(ref.flags[last + 1:e] & F.INVALID)
+    assert np.all(res.flags[e:e + n] & F.WARMUP) and not res.flags[e + n] & F.INVALID
+    assert loop.settle_resets == 1
+    values, flags = gated_run(bundle.engine("compiled"), ref.features, ref.flags, n, span_frames=span)
+    np.testing.assert_array_equal(res.flags, flags)
+    np.testing.assert_array_equal(res.values, values)
