@@ -46,15 +46,18 @@ HEARTBEAT_S = 0.5
 HANG_S = 3 * HEARTBEAT_S + 0.5
 POLL_S = 0.1
 DRAIN = 1000  # reports read per poll at most: a flood on the endpoint cannot starve the checks
+FORECASTER_NICE = 10  #: niceness increment of the supervised forecaster (best-effort; the loop keeps the CPU)
 
 
 def forecaster_argv(connect: str, publish: str, config_path: str, checkpoint: str | None = None,
-                    threads: int | None = 1) -> list[str]:
+                    threads: int | None = 1, nice: int = FORECASTER_NICE) -> list[str]:
     """Command line of ``exoloop forecast serve`` run with this interpreter. ``threads`` = 1 by
-    default: on a 2-core machine the other core stays free for the loop."""
+    default: on a 2-core machine the other core stays free for the loop. ``nice``: the child
+    lowers its own priority by this much (a respawn's torch import once stalled the loop 107 ms
+    on a loaded 2-core machine; the forecaster is best-effort, the loop is not)."""
     argv = [sys.executable, "-m", "rt.cli", "forecast", "serve",
             "--connect", connect, "--publish", publish, "--config", config_path,
-            "--status-s", str(HEARTBEAT_S)]
+            "--status-s", str(HEARTBEAT_S), "--nice", str(nice)]
     if threads:
         argv += ["--threads", str(threads)]
     if checkpoint:

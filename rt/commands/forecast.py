@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
     s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the worker (default: torch's)")
     s.add_argument("--status-s", type=float, default=1.0,
                    help="seconds between heartbeats: state reports on topic forecaster and printed lines (default 1)")
+    s.add_argument("--nice", type=int, default=0, metavar="N",
+                   help="lower this process's CPU priority by N before loading torch (exoloop run passes 10: "
+                        "the forecaster is best-effort and its start-up must not take the loop's CPU)")
     s.set_defaults(func=_serve)
 
     f = cmds.add_parser("finetune", help="train on recordings, write a checkpoint")
@@ -73,6 +76,10 @@ def _threads(n: int | None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     """A refused checkpoint or a bad config exits with EXIT_PERMANENT: the supervisor does not
     restart what a restart cannot fix (and never runs a refused file again)."""
+    import os
+
+    if args.nice:
+        os.nice(args.nice)  # first: importing torch is most of a (re)start's CPU
     from kernels.config import ConfigError
     from models.lagllama.checkpoint import CheckpointError
     from rt.forecast_worker import serve
