@@ -201,7 +201,8 @@ def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_
         player.close()
     assert len(res.t) == len(ref.t), "every sample arrived"
     n = loop.settle_hops
-    assert n == bundle.settle_hops > 0 and loop.resets == 1 and loop.settle_resets == 2
+    # (an arrival-rate RATE on a loaded host resets once more: gated_run below sees it too)
+    assert n == bundle.settle_hops > 0 and loop.resets == 1 and loop.settle_resets >= 2
     live = res.flags & ~np.uint32(F.STALE)
     values, flags = gated_run(bundle.engine("compiled"), ref.features, ref.flags, n, extra=res.flags & F.RATE,
                               span_frames=loop.span_frames)
@@ -210,12 +211,13 @@ def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_
     bad = (live & ~np.uint32(F.WARMUP) & F.INVALID) != 0  # invalid for any reason but the settling
     r = int(np.nonzero(live & F.RESTART)[0][0])
     c = r + int(np.nonzero(~bad[r:])[0][0])  # first clean frame after the restart: reset there
-    assert np.all(live[c:c + n] & F.WARMUP) and not live[c + n] & F.WARMUP
     s0 = int(np.nonzero(ref.flags & F.SATURATION)[0][0])  # the spike's flagged stretch
     s1 = s0 + int(np.nonzero(~bad[s0:])[0][0])  # its first clean frame: the engine was reset there
-    assert np.all(live[s1:s1 + n] & F.WARMUP) and not live[s1 + n] & F.WARMUP
-    assert not np.any(ref.flags[c:c + n] & F.WARMUP) and not np.any(ref.flags[s1:s1 + n] & F.WARMUP)
-    assert loop.status(0.0)["settling"] == 2 * n
+    for a in (c, s1):
+        assert np.all(live[a:a + n] & F.WARMUP) and not np.any(ref.flags[a:a + n] & F.WARMUP)
+        if not np.any(res.flags[a:a + n + 1] & F.RATE):  # no further reset inside
+            assert not live[a + n] & F.WARMUP
+    assert loop.status(0.0)["settling"] >= 2 * n
 
 
 def test_electrode_off_is_carried_for_the_front_ends_span_then_the_engine_settles(uci_config, bundle):
