@@ -269,14 +269,3 @@ def _drain(sub: Inbox, ring: HistoryRing, state: WorkerState, cfg: Config, last_
     sub.drain(on_message)
     sub.check_link(on_drop)
     return newest
-
-
-def spawn(connect: str, publish: str, config_path: str | Path, checkpoint: str | Path | None = None):
-    """Start :func:`serve` in a new OS process (multiprocessing, spawn); returns the Process."""
-    import multiprocessing as mp
-
-    proc = mp.get_context("spawn").Process(
-        target=serve, args=(connect, publish, str(config_path), None if checkpoint is None else str(checkpoint)),
-        name="exoloop-forecaster", daemon=True)
-    proc.start()
-    return proc
