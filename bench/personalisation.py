@@ -89,7 +89,9 @@ class Sweep:
             out = list(train)
             for r in recs if settings.augment_gain > 0 else []:
                 for c in range(settings.augment_copies):
-                    key = (r.name, norm, test, settings.augment_gain, settings.seed + k, c)
+                    # like ``frames``: with session statistics a copy depends on the recording alone
+                    key = (r.name, norm, test if norm.mode == "frozen" else None, settings.augment_gain,
+                           settings.seed + k, c)
                     if key not in self._aug:
                         aug = gain_augmented(r, settings.augment_gain, settings.seed + k, c)
                         self._aug[key] = make_frames(self.config, self.pop_stats(test), aug, norm=norm)
