@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from bench.adapt import simulate, trace
 from kernels import flags as fl
 from models.adapt import AdaptSettings, bundle_lead_s
 from models.bundle import load_bundle
+from rt.net import free_endpoint
 
 from loop_helpers import Collector
 
@@ -110,17 +110,11 @@ def _recording_arrays(bundle, offset: float = 0.0):
     return dataclasses.replace(r, timestamps=r.timestamps + offset)
 
 
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
 def test_live_run_adapts_like_the_replay(model, replayed, tmp_path):
     _, adapted, _ = replayed
     n = adapted.hops
     name = f"adapt-{uuid.uuid4().hex[:8]}"
-    ep = _port()
+    ep = free_endpoint()
     sub = Collector(ep)
     env = os.environ.copy()
     player = subprocess.Popen(PY + ["play", str(REC), "--name", name, "--config", "uci_lower_limb", "--chunk", "10",
@@ -154,8 +148,31 @@ def test_live_run_adapts_like_the_replay(model, replayed, tmp_path):
     assert np.ptp(offset) < 1e-3  # the same frames, on the player's clock
     # the same adapter fed the live frame times and flags (as it saw them: STALE is set after it)
     b = load_bundle(model)
-    tr = trace(b, _recording_arrays(b, float(np.median(offset))))
-    tr = dataclasses.replace(tr, t=t_live, flags=flags & ~np.uint32(fl.STALE))
+    rec = _recording_arrays(b, float(np.median(offset)))
+    tr = trace(b, rec)
+    live_flags = flags & ~np.uint32(fl.STALE)
+    # the engine as the loop stepped it: reset where the loop resets (RESTART, first clean frame after
+    # a contaminated stretch such as RATE; models.settle.gated_run), its head input recorded per step
+    from kernels.frontend import run_offline
+    from models.settle import gated_run
+
+    class _Recorded:
+        def __init__(self, eng):
+            self.eng, self.n_targets, self.feats = eng, eng.n_targets, []
+
+        def reset(self):
+            self.eng.reset()
+
+        def step(self, x):
+            y = self.eng.step(x)
+            self.feats.append(np.array(self.eng.features, np.float64))
+            return y
+
+    fr = run_offline(b.frontend(b.config), rec.timestamps, rec.samples, chunk=10)
+    eng = _Recorded(b.engine("compiled"))
+    static, _ = gated_run(eng, fr.features[:n], live_flags[:n], b.settle_hops)
+    tr = dataclasses.replace(tr, t=t_live, flags=live_flags, static=static, features=np.stack(eng.feats),
+                             truth=tr.truth[:n], scored=tr.scored[:n])
     sim, _ = simulate(tr, b.engine().readout(), SETTINGS, bundle_lead_s(b))
     assert np.max(np.abs(values - sim)) <= 0.01
     second = slice(n // 2, n)
