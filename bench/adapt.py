@@ -24,6 +24,12 @@ the adapter (RLS step; ``observe`` with an update) in microseconds.
 
 ``exoloop bench adapt [--archs slstm,lstm,gpr] [--epochs 10] [--inner-arch lstm] [--quick]``
 writes ``bench/out/adapt/adapt.{json,md}``; models are cached in ``--cache``.
+
+``exoloop bench adapt --refit [--archs lstm,slstm,gpr] [--ensemble 3] [--augment-gain 0.5]``
+is the refit study instead (:func:`refit_study`): per LOSO fold, the population recipe of the
+personalisation bench (session normalisation, LSTM ensemble, gain augmentation), static vs RLS
+readout vs periodic refit (``models.adapt.refit_candidates`` + ``guard_publish``, the setting
+chosen per test subject on the other subjects) vs the training mean; ``refit.{json,md}``.
 """
 
 from __future__ import annotations
