@@ -6,7 +6,7 @@ autoregressive steps at context 256 and 512 (``models.lagllama.sampler.forecast`
 (``--models``, default both):
 
 - ``shipped``: the checkpoint the forecaster runs, ``data/models/lagllama-exoloop.ckpt``
-  (``rt.forecast_worker.DEFAULT_CHECKPOINT``; trained by the project, not the official weights);
+  (``models.shipped.DEFAULT_CHECKPOINT``; trained by the project, not the official weights);
   ``--checkpoint P`` measures P in its place.
 - ``full``: the official full-size architecture (8 layers, 9 heads x 16 = 144 channels, 84 lags,
   time features, robust scaling, linear RoPE x20: the golden full_config_manifest, 2,449,299
@@ -73,7 +73,7 @@ def load_models(which: list[str], checkpoint: str | None, device: str) -> list[B
             if checkpoint:
                 path, label, weights = Path(checkpoint), f"{Path(checkpoint).stem} (checkpoint)", f"checkpoint {checkpoint}"
             else:
-                from rt.forecast_worker import DEFAULT_CHECKPOINT
+                from models.shipped import DEFAULT_CHECKPOINT
 
                 path, label, weights = DEFAULT_CHECKPOINT, f"{DEFAULT_CHECKPOINT.stem} (shipped)", \
                     f"shipped checkpoint data/models/{DEFAULT_CHECKPOINT.name} (trained by the project, not official)"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.loop_inputs import ROOT
+from rt.net import free_endpoint
 
 CONDITIONS = ("idle", "forecaster", "stress")
 VARIANTS = ("compiled", "eager", "seed")
@@ -52,12 +52,6 @@ class Tuning:
         return args + (["--timer-slack-ns", str(self.timer_slack_ns)] if self.timer_slack_ns is not None else [])
 
 
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
 def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: float, skip: float,
              checkpoint: Path | None, workdir: Path, tuning: Tuning | None = None) -> dict[str, Any]:
     """Player + loop (+ stress) processes for ``duration`` s; returns latencies (s), stages, the
@@ -71,7 +65,7 @@ def run_cell(rec: Path, model: Path, condition: str, variant: str, duration: flo
     env.setdefault("LSLAPICFG", str(ROOT / "configs" / "lsl_api.cfg"))
     tuning = tuning or Tuning("as shipped", spin_us=None)
     name = f"bench-{os.getpid()}-{condition}-{variant}-{abs(hash(tuning.name)) % 10**6}"
-    ep = f"ipc://{workdir}/{name}.ipc" if tuning.ipc else _port()
+    ep = f"ipc://{workdir}/{name}.ipc" if tuning.ipc else free_endpoint()
     report = workdir / f"{name}.json"
     cores = sorted(os.sched_getaffinity(0))
     procs: list[subprocess.Popen] = []

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.shipped import DEFAULT_CHECKPOINT, MODELS, TINY_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,7 +31,7 @@ def prepare(profile: str, workdir: Path, model: str | None) -> tuple[Path, Path,
         bundle = Path(model)
         notes.append(f"Model: {bundle}.")
     else:
-        found = sorted((ROOT / "data" / "models").glob("*.exo"))
+        found = sorted(MODELS.glob("*.exo"))
         if profile == "uci_lower_limb" and found:
             bundle = found[0]
             notes.append(f"Model: bundled {bundle.name}.")
@@ -45,5 +47,5 @@ def prepare(profile: str, workdir: Path, model: str | None) -> tuple[Path, Path,
 
 def forecaster_checkpoint(checkpoint: str | None) -> Path:
     """The forecaster's checkpoint: given, else the bundled one, else the test suite's tiny one."""
-    ckpt = Path(checkpoint) if checkpoint else ROOT / "data" / "models" / "lagllama-exoloop.ckpt"
-    return ckpt if ckpt.exists() else ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
+    ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    return ckpt if ckpt.exists() else TINY_CHECKPOINT

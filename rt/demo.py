@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,16 +28,16 @@ import pylsl
 import zmq
 
 from kernels import flags as F
+from models.shipped import MODELS, default_checkpoint
 from rt import schema
+from rt.net import free_endpoint, free_port  # noqa: F401  (free_port: bench.faults imports it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "data" / "recordings" / "uci-lower-limb"
-MODELS = ROOT / "data" / "models"
 #: Subject A3, gait ("3Amar"): one fixed choice, so demo runs are comparable; the longest bundled
 #: recording (43 s, so a 30 s demo does not loop); part of the default bundle's training data
 #: (a population model on every bundled subject; the demo's summary says so).
 DEFAULT_RECORDING = RECORDINGS / "3Amar.txt"
-DEFAULT_CHECKPOINT = MODELS / "lagllama-exoloop.ckpt"
 
 
 def default_bundle() -> Path:
@@ -68,13 +67,6 @@ class DemoSummary:
     units: list[str] = field(default_factory=list)
     recording: str = ""
     held_out: bool | None = None  #: the recording was among the bundle's held-out evaluation set
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Truth:
@@ -146,12 +138,12 @@ def run_demo(duration: float = 30.0, *, recording: str | Path | None = None, mod
 
     recording = Path(recording or DEFAULT_RECORDING)
     model = Path(model or default_bundle())
-    ckpt = Path(checkpoint) if checkpoint else (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None)
+    ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     bundle, config = load_model(model)  # fail here, before any process, on a bad bundle
     evaluated = (bundle.metrics or {}).get("per_recording")
     stop = stop or threading.Event()
     name = f"exoloop-demo-{uuid.uuid4().hex[:6]}"
-    ep, ep_h = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    ep, ep_h = free_endpoint(), free_endpoint()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.toml"
     write_config_toml(config, tmp)
     py = [sys.executable, "-m", "rt.cli"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,10 +42,11 @@ import zmq
 from kernels.config import Config, load_config
 from models.lagllama.checkpoint import load_checkpoint
 from models.lagllama.sampler import forecast
+from models.shipped import DEFAULT_CHECKPOINT
 from rt import schema
 from rt.inbox import Inbox, open_sub
+from rt.signals import stop_event_on_signals
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "models" / "lagllama-exoloop.ckpt"
 RCVHWM = 100_000  # pred messages buffered while a refresh runs (~45 min at 26 ms per hop)
 
 
@@ -175,8 +175,7 @@ def serve(connect: str, publish: str, config: Config | str | Path, checkpoint: s
     state = WorkerState(pid=os.getpid(), model=str(ckpt.path))
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop_event_on_signals(stop)
 
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)

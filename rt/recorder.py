@@ -11,7 +11,6 @@ stream's full LSL header and a Boundary chunk every 10 s of data.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,12 +34,6 @@ class RecorderStats:
     samples: dict[str, int] = field(default_factory=dict)
     blocks: int = 0
     wall_s: float = 0.0
-
-
-def stop_on_signals(stop: threading.Event) -> None:
-    """Make SIGTERM and SIGINT set ``stop`` (the recorder then closes its files cleanly)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
 
 
 def _companions(name: str, timeout: float, targets: str | None = None) -> list[tuple[pylsl.StreamInfo, str]]:

@@ -230,9 +230,6 @@ def run_live(name: str, bundle_path: str | Path, *, config_path: str | Path | No
 
 def _free_tcp(endpoint: str) -> str:
     """``tcp://HOST:*`` → ``tcp://HOST:PORT`` with a port free right now."""
-    import socket
+    from rt.net import free_endpoint
 
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return f"tcp://{host}:{s.getsockname()[1]}"
+    return free_endpoint(endpoint[len("tcp://"):].rsplit(":", 1)[0])

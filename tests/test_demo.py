@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from models.shipped import TINY_CHECKPOINT, default_checkpoint
 from rt.demo import DEFAULT_RECORDING, MODELS, run_demo
 
 from bench.synth import random_bundle
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_all_processes_and_saves_a_plot(tmp_path, uci_config):
@@ -25,9 +24,7 @@ def test_demo_runs_all_processes_and_saves_a_plot(tmp_path, uci_config):
 
         rec = load_recording(DEFAULT_RECORDING, config=uci_config)
         model = random_bundle(tmp_path / "rand.exo", uci_config, [(rec.timestamps, rec.samples)])
-    ckpt = MODELS / "lagllama-exoloop.ckpt"
-    if not ckpt.exists():
-        ckpt = ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
+    ckpt = default_checkpoint(TINY_CHECKPOINT)
     out = io.StringIO()
     s = run_demo(6.0, model=model, checkpoint=ckpt, png=tmp_path / "demo.png", out=out)
     text = out.getvalue()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,23 +33,14 @@ import numpy as np
 import pytest
 
 from kernels import flags as F
+from models.shipped import TINY_CHECKPOINT, default_checkpoint
+from rt.net import free_endpoint
 
 from loop_helpers import Collector, offline_predictions, random_bundle, uci_slice, write_recording
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 3000  # samples in the slice (3 s at 1000 Hz)
 PY = [sys.executable, "-m", "rt.cli"]
-
-
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def _checkpoint() -> Path:
-    shipped = ROOT / "data" / "models" / "lagllama-exoloop.ckpt"
-    return shipped if shipped.exists() else ROOT / "tests" / "golden" / "lagllama" / "tiny.ckpt"
 
 
 def _player(rec: Path, name: str, *, loop: bool = False) -> subprocess.Popen:
@@ -91,13 +81,13 @@ def setup(tmp_path_factory, uci_config, uci_files):
 def live(setup):
     """A fresh loop + controller (+ the test's subscriber); players the test starts go in ``players``."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    ep, ep_h = _port(), _port()
+    ep, ep_h = free_endpoint(), free_endpoint()
     cfg_path = setup["dir"] / "uci.toml"
     from rt.runner import write_config_toml
 
     write_config_toml(setup["cfg"], cfg_path)
     loop = subprocess.Popen(PY + ["run", "--name", name, "--model", str(setup["bundle"]), "--publish", ep,
-                                  "--forecast-publish", ep_h, "--checkpoint", str(_checkpoint()),
+                                  "--forecast-publish", ep_h, "--checkpoint", str(default_checkpoint(TINY_CHECKPOINT)),
                                   "--resolve-timeout", "60"], env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
     ctl = subprocess.Popen(PY + ["controller", "--connect", ep, "--config", str(cfg_path), "--jsonl"],
                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -226,7 +216,7 @@ def test_wrong_channel_count_is_a_clear_error_before_any_pred(setup):
     cfg = setup["cfg"]
     name = f"wrong-{uuid.uuid4().hex[:8]}"
     outlet = _outlet(name, 3, cfg.stream.fs, ["RF", "BF", "VM"])
-    ep = _port()
+    ep = free_endpoint()
     col = Collector(ep)
     p = subprocess.run(PY + ["run", "--name", name, "--model", str(setup["bundle"]), "--publish", ep,
                              "--no-forecaster"], capture_output=True, text=True, timeout=120, env=os.environ.copy())

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -29,11 +27,10 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 def run(args: argparse.Namespace) -> int:
     from kernels.config import load_config
     from rt.controller import run_controller
+    from rt.signals import stop_event_on_signals
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s controller %(message)s", stream=sys.stderr)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_event_on_signals()
     s = run_controller(load_config(args.config), args.connect, args.connect_horizon, safe_mode=args.safe_mode,
                        duration=args.duration, stop=stop, jsonl=sys.stdout if args.jsonl else None)
     refused = ", ".join(f"{k} {n}" for k, n in sorted(s.refused.items())) or "none"

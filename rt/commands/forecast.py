@@ -112,7 +112,7 @@ def _finetune(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from kernels.config import load_config
     from rt.forecast_data import evaluate_recordings
-    from rt.forecast_worker import DEFAULT_CHECKPOINT
+    from models.shipped import DEFAULT_CHECKPOINT
 
     _threads(args.threads)
     buckets = tuple(int(b) for b in args.buckets.split(","))

@@ -40,15 +40,14 @@ def register(sub, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from kernels.config import load_config
     from rt.player import Player
-    from rt.recorder import stop_on_signals
     from rt.recordings import load_recording
+    from rt.signals import stop_event_on_signals
 
     config = load_config(args.config) if args.config else None
     rec = load_recording(args.recording, config=config)
     for line in rec.skipped:
         print(f"skipped: {line}")
-    stop = threading.Event()
-    stop_on_signals(stop)
+    stop = stop_event_on_signals()
     total = None if args.loop else rec.n_samples
     with Player(rec, args.name, chunk=args.chunk, speed=args.speed, loop=args.loop, markers=args.markers,
                 stream_type=args.stream_type) as player:

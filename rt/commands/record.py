@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import threading
 
 from tqdm import tqdm
 
@@ -30,10 +29,10 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rt.recorder import record, stop_on_signals
+    from rt.recorder import record
+    from rt.signals import stop_event_on_signals
 
-    stop = threading.Event()
-    stop_on_signals(stop)
+    stop = stop_event_on_signals()
     with tqdm(unit="sa", disable=args.quiet, desc=f"record {args.name}") as bar:
         stats = record(args.name, args.out, xdf=args.xdf, duration=args.duration, stop=stop,
                        stream_type=args.stream_type, resolve_timeout=args.timeout,

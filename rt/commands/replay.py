@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 
 from rt.commands.run import adapt_settings, add_adapt_options
 
@@ -41,13 +40,13 @@ def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None
 def run(args: argparse.Namespace) -> int:
     from models.adapt import summary
     from rt.runner import replay
+    from rt.signals import stop_event_on_signals
 
     if args.publish and (args.fast or args.speed not in (None, 1.0)):
         print("exoloop replay: --publish replays at real time on the local LSL clock (a controller refuses "
               "preds stamped on any other clock); drop --speed/--fast", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop_event_on_signals(signals=(signal.SIGTERM,))
     try:
         r = replay(args.recording, args.model, config_path=args.config, publish=args.publish,
                    speed=args.speed, chunk=args.chunk, engine_kind=args.engine, out=args.out,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import Any
 
 from rt.commands import positive_float
@@ -76,10 +74,9 @@ def _hints(args: argparse.Namespace) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     from rt.runner import run_live
+    from rt.signals import stop_event_on_signals
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_event_on_signals()
     try:
         r = run_live(args.name, args.model, config_path=args.config, publish=args.publish,
                      engine_kind=args.engine, forecaster=not args.no_forecaster,
