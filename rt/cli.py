@@ -19,6 +19,19 @@ os.environ.setdefault("LSLAPICFG", str(Path(__file__).resolve().parent.parent / 
 #: packages whose ValueError / LookupError subclasses are input errors reported without a traceback
 OWN_PACKAGES = ("kernels", "models", "rt", "bench")
 
+#: sub-command -> the exception types it reports as bad input from any module, one line
+#: ``exoloop CMD: message`` (``run``: ``exoloop run: Type: message``), exit 2; everything else (and
+#: every other command) goes by OWN_PACKAGES below, as ``exoloop CMD: error: message``.
+REPORTED: dict[str, tuple[type[BaseException], ...]] = {
+    "calibrate": (ValueError, OSError, LookupError),
+    "demo": (FileNotFoundError, RuntimeError, ValueError),
+    "evaluate": (ValueError, OSError),
+    "features": (ValueError, OSError),
+    "replay": (ValueError, OSError),
+    "run": (ValueError, OSError, LookupError, RuntimeError),
+    "train": (ValueError, OSError),
+}
+
 #: sub-command -> (module under rt.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "replay the bundled recording through the whole loop (player, loop, forecaster, controller)"),
@@ -68,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except REPORTED.get(args.command, ()) as exc:
+        named = f"{type(exc).__name__}: " if args.command == "run" else ""
+        print(f"exoloop {args.command}: {named}{exc}", file=sys.stderr)
+        return 2
     except (ValueError, LookupError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
             PermissionError) as exc:
         # Our own input errors (ConfigError, RecordingError, BundleError, CheckpointError,

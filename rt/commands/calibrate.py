@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -42,21 +41,17 @@ def run(args: argparse.Namespace) -> int:
     from models.calibrate import FineTune, calibrate
     from rt.datasets import load_labelled
 
-    try:
-        if bool(args.recordings) == bool(args.name):
-            raise ValueError("give either recordings (REC...) or --name EMG to record over LSL, not both or neither")
-        if not args.seconds > 0:
-            raise ValueError(f"--seconds must be > 0, got {args.seconds}")
-        bundle = load_bundle(args.model)
-        ft = FineTune(**{k: v for k, v in (("layers", args.layers), ("steps", args.steps)) if v is not None})
-        if args.recordings:
-            recs = load_labelled(args.recordings, bundle.config)
-        else:
-            recs = [record_calibration(args, bundle.config)]
-        rep = calibrate(bundle, recs, args.out, ft, holdout=args.holdout, progress=True)
-    except (ValueError, OSError, LookupError) as exc:
-        print(f"exoloop calibrate: {exc}", file=sys.stderr)
-        return 2
+    if bool(args.recordings) == bool(args.name):
+        raise ValueError("give either recordings (REC...) or --name EMG to record over LSL, not both or neither")
+    if not args.seconds > 0:
+        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
+    bundle = load_bundle(args.model)
+    ft = FineTune(**{k: v for k, v in (("layers", args.layers), ("steps", args.steps)) if v is not None})
+    if args.recordings:
+        recs = load_labelled(args.recordings, bundle.config)
+    else:
+        recs = [record_calibration(args, bundle.config)]
+    rep = calibrate(bundle, recs, args.out, ft, holdout=args.holdout, progress=True)
     print(f"calibrated {bundle.arch_name} on {rep.calibration_s:.1f} s of data ({ft.layers} layers, "
           f"{ft.steps} steps) in {rep.seconds:.1f} s")
     print(f"held out: the last {args.holdout:g} of the calibration data, scored continuously")

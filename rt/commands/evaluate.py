@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -52,25 +51,21 @@ def run(args: argparse.Namespace) -> int:
     from rt.datasets import load_labelled
 
     lab = bool(args.calibrate or args.compare or args.adapt)
-    try:
-        bundle = load_bundle(args.bundle)
-        recs = load_labelled(args.recordings, bundle.config)
-        if lab:
-            from models.calibrate import FineTune, format_lab_table, lab_report
+    bundle = load_bundle(args.bundle)
+    recs = load_labelled(args.recordings, bundle.config)
+    if lab:
+        from models.calibrate import FineTune, format_lab_table, lab_report
 
-            paths = {f"{load_bundle(p).arch_name} ({Path(p).stem})": p for p in [args.bundle, *args.compare]}
-            bundles = {label: load_bundle(p) for label, p in paths.items()}
-            adapted = (lambda label: adapted_predictions(paths[label], args.recordings)) if args.adapt else None
-            ft = FineTune(**{k: v for k, v in (("layers", args.layers), ("steps", args.steps)) if v is not None})
-            windows = tuple(w.strip() for w in args.calibrate.split(",")) if args.calibrate else ()
-            frac = args.test_fraction if args.test_fraction is not None else 0.5
-            report, plots = lab_report(bundles, recs, test_fraction=frac, windows=windows, ft=ft,
-                                       engine_kind=args.engine, adapted=adapted, progress=True)
-        else:
-            metrics, sets, preds = evaluate_bundle(bundle, recs, args.engine, args.test_fraction)
-    except (ValueError, OSError) as exc:
-        print(f"exoloop evaluate: {exc}", file=sys.stderr)
-        return 2
+        paths = {f"{load_bundle(p).arch_name} ({Path(p).stem})": p for p in [args.bundle, *args.compare]}
+        bundles = {label: load_bundle(p) for label, p in paths.items()}
+        adapted = (lambda label: adapted_predictions(paths[label], args.recordings)) if args.adapt else None
+        ft = FineTune(**{k: v for k, v in (("layers", args.layers), ("steps", args.steps)) if v is not None})
+        windows = tuple(w.strip() for w in args.calibrate.split(",")) if args.calibrate else ()
+        frac = args.test_fraction if args.test_fraction is not None else 0.5
+        report, plots = lab_report(bundles, recs, test_fraction=frac, windows=windows, ft=ft,
+                                   engine_kind=args.engine, adapted=adapted, progress=True)
+    else:
+        metrics, sets, preds = evaluate_bundle(bundle, recs, args.engine, args.test_fraction)
     if lab:
         print(f"{len(recs)} recording(s), last {frac:g} of each scored continuously:")
         print(format_lab_table(report))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -23,11 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from kernels.config import load_config
     from rt.feature_files import write_features
 
-    try:
-        config = load_config(args.config)
-        out = write_features(args.recording, config, args.out, args.stats, chunk=args.chunk, progress=True)
-    except (ValueError, OSError) as exc:
-        print(f"exoloop features: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    out = write_features(args.recording, config, args.out, args.stats, chunk=args.chunk, progress=True)
     print(f"wrote {out}")
     return 0

@@ -47,14 +47,10 @@ def run(args: argparse.Namespace) -> int:
               "preds stamped on any other clock); drop --speed/--fast", file=sys.stderr)
         return 2
     stop = stop_event_on_signals(signals=(signal.SIGTERM,))
-    try:
-        r = replay(args.recording, args.model, config_path=args.config, publish=args.publish,
-                   speed=args.speed, chunk=args.chunk, engine_kind=args.engine, out=args.out,
-                   progress=True, stop=stop, adapt=adapt_settings(args) if args.adapt else None,
-                   adapt_out=args.adapt_out, local_clock=bool(args.publish))
-    except (ValueError, OSError) as exc:
-        print(f"exoloop replay: {exc}", file=sys.stderr)
-        return 2
+    r = replay(args.recording, args.model, config_path=args.config, publish=args.publish,
+               speed=args.speed, chunk=args.chunk, engine_kind=args.engine, out=args.out,
+               progress=True, stop=stop, adapt=adapt_settings(args) if args.adapt else None,
+               adapt_out=args.adapt_out, local_clock=bool(args.publish))
     hop = r.stages_ms["hop"]
     rate = r.samples / r.wall_s / r.fs if r.wall_s > 0 else float("inf")
     print(f"{r.hops} hops from {r.samples} samples in {r.wall_s:.2f} s ({rate:.0f}x real time); "

@@ -77,16 +77,12 @@ def run(args: argparse.Namespace) -> int:
     from rt.signals import stop_event_on_signals
 
     stop = stop_event_on_signals()
-    try:
-        r = run_live(args.name, args.model, config_path=args.config, publish=args.publish,
-                     engine_kind=args.engine, forecaster=not args.no_forecaster,
-                     forecast_publish=args.forecast_publish, checkpoint=args.checkpoint,
-                     duration=args.duration, stop=stop, resolve_timeout=args.resolve_timeout,
-                     spin_s=args.spin_us * 1e-6, hints=_hints(args), adapt_from=args.adapt_from,
-                     adapt=adapt_settings(args), adapt_out=args.adapt_out)
-    except (ValueError, OSError, LookupError, RuntimeError) as exc:
-        print(f"exoloop run: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    r = run_live(args.name, args.model, config_path=args.config, publish=args.publish,
+                 engine_kind=args.engine, forecaster=not args.no_forecaster,
+                 forecast_publish=args.forecast_publish, checkpoint=args.checkpoint,
+                 duration=args.duration, stop=stop, resolve_timeout=args.resolve_timeout,
+                 spin_s=args.spin_us * 1e-6, hints=_hints(args), adapt_from=args.adapt_from,
+                 adapt=adapt_settings(args), adapt_out=args.adapt_out)
     age = r.stages_ms["age"]
     print(f"exoloop run: {r.hops} hops, {r.samples} samples, {r.flagged} flagged; "
           f"latency (publish - newest sample) p50 {age['p50']:.3f} ms, p99 {age['p99']:.3f} ms, max {age['max']:.3f} ms",

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 #: literal copies of models.dataset.SPLITS, kernels.session_norm.NORM_MODES / SESSION_WARMUP_S
 #: (registering stays import-light; tests check they agree)
@@ -55,27 +54,23 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)  # batch-1 / tiny tensors: one thread is faster than two contending ones
-    from kernels.config import ConfigError, load_config
+    from kernels.config import load_config
     from models.dataset import Normalisation
     from models.evaluate import format_table
     from models.train import TrainSettings, train_bundle
     from rt.datasets import load_labelled
 
-    try:
-        config = load_config(args.config)
-        settings = TrainSettings.from_config(config, arch=args.arch, epochs=args.epochs, lead_ms=args.lead_ms,
-                                             seed=args.seed, bptt=args.bptt)
-        recs = load_labelled(args.recordings, config)
-        groups = args.test_subjects.split(",") if args.test_subjects else None
-        split = "all" if args.all_subjects else args.split
-        if args.all_subjects and args.split not in ("subject", "all"):
-            raise ValueError(f"--all-subjects contradicts --split {args.split}")
-        norm = Normalisation(args.norm, args.norm_warmup_s if args.norm == "session" else 0.0)
-        rep = train_bundle(config, recs, args.out, settings, test_groups=groups, progress=True, split=split,
-                           test_fraction=args.test_fraction, norm=norm, shrink=args.shrink)
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"exoloop train: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    settings = TrainSettings.from_config(config, arch=args.arch, epochs=args.epochs, lead_ms=args.lead_ms,
+                                         seed=args.seed, bptt=args.bptt)
+    recs = load_labelled(args.recordings, config)
+    groups = args.test_subjects.split(",") if args.test_subjects else None
+    split = "all" if args.all_subjects else args.split
+    if args.all_subjects and args.split not in ("subject", "all"):
+        raise ValueError(f"--all-subjects contradicts --split {args.split}")
+    norm = Normalisation(args.norm, args.norm_warmup_s if args.norm == "session" else 0.0)
+    rep = train_bundle(config, recs, args.out, settings, test_groups=groups, progress=True, split=split,
+                       test_fraction=args.test_fraction, norm=norm, shrink=args.shrink)
     held = (f"held out the last {args.test_fraction:g} of each recording (scored continuously)"
             if split == "time" else f"held out {', '.join(rep.test_groups) or 'none'}")
     print(f"trained {settings.arch} in {rep.seconds:.1f} s on {', '.join(rep.train_groups)}; {held}")
