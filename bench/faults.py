@@ -75,8 +75,8 @@ SLACK_S = 0.5  #: scheduling slack on top of every reaction budget (shared 2-cor
 TOL = 2.0  #: |pred - clean| above this (target units, deg) is a wrong pred (module docstring)
 CLEAN_TOL = 1e-3  #: the clean stretch vs its offline reference (float32 chain: 1e-5 in tests/test_loop_e2e.py)
 #: fault end -> active again: the front end's warm-up (1.15 s after a restart in the UCI profile),
-#: the rate window (1-2 s), the model's settling span (70 hops = 3.5 s for the shipped bundle) and
-#: the controller's resume streak; measured 4.1-6.7 s on a loaded 2-core VM: 15 s leaves room
+#: the rate window (1-2 s), the model's settling span (119 hops = 6 s for the shipped bundle) and
+#: the controller's resume streak; measured 4.1-6.7 s with a 70-hop span (+2.5 s at 119) on a loaded 2-core VM: 15 s leaves room
 RECOVER_S = 15.0
 START_S = 120.0  #: a loop process from spawn to its first pred (JIT cache load, warm-up) on a busy machine
 #: A transition that names no pred (the watchdog) applies to the preds published more than this

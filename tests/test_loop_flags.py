@@ -129,7 +129,8 @@ def test_gap_in_the_stream_resets_the_step_engine(uci_config, bundle):
     from models.step_engine import run_sequence
 
     cfg = bundle.config
-    rec = _recording(cfg, 8.0, seed=2)
+    hop_s = cfg.frontend.window.hop / cfg.stream.fs
+    rec = _recording(cfg, 8.0 + bundle.settle_hops * hop_s, seed=2)  # room for the bundle's settling span after the restart
     cut = 3000
     t = rec.timestamps.copy()
     t[cut:] += 3.0
@@ -175,8 +176,11 @@ def test_model_settling_is_flagged_after_a_restart_and_after_a_spike_on_lsl(uci_
 
     cfg = bundle.config
     fs = cfg.stream.fs
-    rec = _recording(cfg, 16.0, seed=3)
-    cut, spike = int(4 * fs), int(10 * fs)
+    settle_s = bundle.settle_hops * cfg.frontend.window.hop / fs
+    # gap at 4 s; the spike after the restart's warm-up (< 2 s) and settling span; room for the second span
+    spike_s = 4.0 + 2.5 + settle_s
+    rec = _recording(cfg, spike_s + 2.5 + settle_s, seed=3)
+    cut, spike = int(4 * fs), int(spike_s * fs)
     t = rec.timestamps.copy()
     t[cut:] += 3.0
     x = rec.samples.copy()
