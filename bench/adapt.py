@@ -160,12 +160,11 @@ def replayed(rec_path: Path, bundle_path: Path, settings: AdaptSettings | None, 
     return r.values, r
 
 
-def timing() -> list[dict[str, Any]]:
-    """Median / p99 microseconds of one RLS step and of ``observe`` with one update (E = 32)."""
+def timing(E: int = 32) -> list[dict[str, Any]]:
+    """Median / p99 microseconds of one RLS step and of ``observe`` with one update (state ``E``)."""
     rows = []
     rng = np.random.default_rng(0)
     for T in (1, 16):
-        E = 32
         D = E + 1
         theta, P = np.zeros((T, D)), np.eye(D)
         phi, z = rng.standard_normal(D), rng.standard_normal(T)
@@ -263,9 +262,12 @@ def run(archs: tuple[str, ...], epochs: int, inner_arch: str, cache: Path, quick
 
 def markdown(res: dict[str, Any]) -> str:
     lines = ["# Online readout adaptation, replayed (LOSO, second half of each session, knee angle, deg)", "",
-             f"Population models trained without the test subject ({res['epochs']} epochs); adaptation settings "
-             f"chosen per test subject by an inner LOSO on {res['inner_arch']} models that never saw it. "
-             "`exoloop bench adapt`.", "",
+             f"Population models trained without the test subject ({res['epochs']} epochs"
+             + (f"; {res['recipe']}" if "recipe" in res else "") + "); adaptation settings "
+             f"chosen per test subject by an inner LOSO on {res['inner_arch']} models"
+             + (" (the test subject's session never scored in the choice). `exoloop bench adapt --recipe`. "
+                f"Not re-run: {res['not_rerun']}." if "recipe" in res else " that never saw it. `exoloop bench adapt`."),
+             "",
              "| arch | pooled RMSE: mean predictor | static (zero-shot) | adapted | median adapted | sessions worse than static |",
              "|---|---:|---:|---:|---:|---:|"]
     for arch, s in res["summary"].items():
@@ -278,21 +280,137 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {r['arch']} | {r['subject']} | {r['scored_frames']} | {r['rmse_mean']:.2f} | "
                      f"{r['rmse_static']:.2f} | {r['rmse_adapted']:.2f} | {r['engaged']} | {r['fallbacks']} |")
     lines += ["", "Settings chosen per test subject (inner LOSO):", "",
-              "| test | lam | delta | max_step | window | reset on fallback | inner objective | inner static |",
-              "|---|---:|---:|---:|---:|---|---:|---:|"]
+              "| test | lam | delta | max_step | window | margin | reset on fallback | inner objective | inner static |",
+              "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for f in res["folds"]:
         s = f["settings"]
-        lines.append(f"| {f['test']} | {s['lam']} | {s['delta']:g} | {s['max_step']} | {s['window']} | "
+        lines.append(f"| {f['test']} | {s['lam']} | {s['delta']:g} | {s['max_step']} | {s['window']} | {s['margin']} | "
                      f"{'yes' if s['reset_on_fallback'] else 'no'} | {f['objective']:.2f} | {f['inner_static_mean']:.2f} |")
     d = res["deployment"]["settings"]
     lines += ["", f"Chosen by the same rule over all {len(res['folds'])} subjects (the shipped `AdaptSettings` "
               f"defaults): lam {d['lam']}, delta {d['delta']:g}, max_step {d['max_step']}, window {d['window']}, "
+              f"margin {d['margin']}, "
               f"reset on fallback {'yes' if d['reset_on_fallback'] else 'no'}; `AdaptSettings()` at this run: "
-              + ", ".join(f"{k} {res['defaults'][k]}" for k in GRID) + "."]
+              + ", ".join(f"{k} {res['defaults'][k]}" for k in res["grid"]) + "."]
+    if "pooled_rmse_adapted_all_subjects" in res["deployment"]:
+        d = res["deployment"]
+        lines.append(f"(In hindsight, that one setting on all 9: pooled {d['pooled_rmse_adapted_all_subjects']:.2f}, "
+                     f"{d['sessions_worse_all_subjects']} sessions worse than static; not a held-out figure.)")
     lines += ["", "Per-hop cost (µs, this machine):", "", "| what | state | targets | p50 | p99 |", "|---|---:|---:|---:|---:|"]
     for t in res["timing"]:
         lines.append(f"| {t['what']} | {t['state']} | {t['targets']} | {t['p50_us']:.2f} | {t['p99_us']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- shipped-recipe traces
+
+TRACES = CACHE / "traces"
+
+
+def recipe_traces(epochs: int = 20, seed: int = 0, ensemble: int = 3, augment_gain: float = 0.5,
+                  groups: list[str] | None = None, cache: Path = TRACES) -> dict[str, tuple[Trace, tuple]]:
+    """Per LOSO fold: the shipped recipe's population model (session normalisation, ``ensemble``
+    merged LSTMs, gain augmentation; as ``refit_study``) stepped over the held-out session on the
+    compiled engine (:class:`Trace`) and its readout. Cached as npz per fold (features, static
+    output, readout): the RLS/guard study needs no torch once they exist."""
+    from rt.datasets import load_labelled
+
+    config = load_config("uci_lower_limb")
+    recs = load_labelled(RECORDINGS, config)
+    out: dict[str, tuple[Trace, tuple]] = {}
+    sw = None
+    cache.mkdir(parents=True, exist_ok=True)
+    for g in groups or sorted({r.group for r in recs}):
+        rec = next(r for r in recs if r.group == g)
+        f = cache / f"lstm{ensemble}-e{epochs}-s{seed}-aug{augment_gain:g}-without-{g}.npz"
+        if not f.exists():
+            from bench.personalisation import Sweep
+            from kernels.session_norm import SESSION_WARMUP_S
+            from models.dataset import Normalisation
+            from models.step_engine import CompiledStepEngine
+
+            sw = sw or Sweep(recs, epochs, seed, ensemble, augment_gain)
+            norm = Normalisation("session", SESSION_WARMUP_S)
+            s = sw.frames(rec, norm, g)
+            model, _ = sw.train("lstm", norm, g)
+            eng = CompiledStepEngine(model)
+            feats = np.zeros((len(s.t), len(eng.features)))
+            static = np.zeros(s.targets.shape, np.float32)
+            for i in range(len(s.t)):
+                if s.flags[i] & fl.RESTART:
+                    eng.reset()
+                static[i] = eng.step(s.features[i])
+                feats[i] = eng.features
+            w, b, m, sd = eng.readout()
+            np.savez(f, t=s.t, flags=s.flags, features=feats, static=static,
+                     truth=np.where(s.mask, s.targets, np.nan), w=w, b=b, mean=m, std=sd)
+            print(f"[adapt] traced {g} ({f.name})", flush=True)
+        z = np.load(f)
+        truth = z["truth"]
+        tr = Trace(z["t"], z["flags"], z["features"], z["static"], truth, scored_mask(z["t"], z["flags"], truth, rec), rec)
+        out[g] = (tr, (z["w"], z["b"], z["mean"], z["std"]))
+    return out
+
+
+RECIPE_GRID = {"lam": (0.98, 0.99, 0.995, 1.0), "delta": (0.1, 1.0, 10.0, 100.0), "max_step": (0.2, 1.0, 5.0),
+               "window": (10, 20, 40), "margin": (0.05, 0.2), "reset_on_fallback": (True, False)}
+
+
+def recipe_study(epochs: int = 20, quick: bool = False) -> dict[str, Any]:
+    """RLS + guard on the shipped recipe (:func:`recipe_traces`, LSTM ensemble of 3), every
+    ``RECIPE_GRID`` point simulated on every session (the loop's adapter on the recorded
+    features and targets, from zero-shot). Nested choice: the setting for test subject ``s`` is
+    the grid point with the lowest objective (as :func:`choose`) over the other 8 sessions, each
+    scored on its own fold's model (trained without that subject; ``s``'s session is never
+    scored in the choice). The defaults: the same rule over all 9."""
+    traces = recipe_traces(epochs, groups=None)
+    groups = sorted(traces)[:3] if quick else sorted(traces)
+    grid = [AdaptSettings(**dict(zip(RECIPE_GRID, v))) for v in itertools.product(*RECIPE_GRID.values())]
+    if quick:
+        grid = grid[::29]
+    t0 = time.perf_counter()
+    static = {g: rmse(traces[g][0].static, traces[g][0]) for g in groups}
+    table = [{g: rmse(simulate(traces[g][0], traces[g][1], s, 0.0)[0], traces[g][0]) for g in groups} for s in grid]
+
+    def objective(i: int, gs: list[str]) -> float:
+        return float(np.mean([table[i][g] + WORSE_WEIGHT * max(0.0, table[i][g] - static[g]) for g in gs]))
+
+    rows, folds = [], []
+    for g in groups:
+        i = min(range(len(grid)), key=lambda k: objective(k, [h for h in groups if h != g]))
+        tr, ro = traces[g]
+        pub, st = simulate(tr, ro, grid[i], 0.0)
+        mean = np.broadcast_to(np.asarray(ro[2], np.float32), tr.static.shape)
+        rows.append({"arch": "lstm", "subject": g, "scored_frames": int(tr.scored.sum()), "rmse_mean": rmse(mean, tr),
+                     "rmse_static": static[g], "rmse_adapted": rmse(pub, tr),
+                     "published_adapted_frac": float(np.mean(np.any(pub[tr.scored] != tr.static[tr.scored], axis=1))),
+                     **{k: st[k] for k in ("updates", "engaged", "fallbacks", "dropped", "adapting")}})
+        folds.append({"test": g, "settings": dataclasses.asdict(grid[i]),
+                      "objective": objective(i, [h for h in groups if h != g]),
+                      "inner_static_mean": float(np.mean([static[h] for h in groups if h != g]))})
+        print(f"[adapt] {g}: static {static[g]:.2f} adapted {rows[-1]['rmse_adapted']:.2f} ({grid[i]})", flush=True)
+    k = min(range(len(grid)), key=lambda k: objective(k, groups))
+    w = np.array([r["scored_frames"] for r in rows], float)
+
+    def pooled(key: str) -> float:
+        return float(np.sqrt(np.sum(w * np.array([r[key] for r in rows]) ** 2) / w.sum()))
+
+    summary = {"lstm": {"pooled_rmse_mean": pooled("rmse_mean"), "pooled_rmse_static": pooled("rmse_static"),
+                        "pooled_rmse_adapted": pooled("rmse_adapted"),
+                        "median_rmse_adapted": float(np.median([r["rmse_adapted"] for r in rows])),
+                        "sessions_worse_than_static": int(sum(r["rmse_adapted"] > r["rmse_static"] + 1e-9 for r in rows)),
+                        "max_worse_deg": float(max(r["rmse_adapted"] - r["rmse_static"] for r in rows)),
+                        "sessions": len(rows)}}
+    return {"machine": machine_info(), "recipe": "lstm ensemble of 3, gain augmentation 0.5, session norm",
+            "epochs": epochs, "inner_arch": "lstm (each other subject's own fold model)", "grid": RECIPE_GRID,
+            "worse_weight": WORSE_WEIGHT, "defaults": dataclasses.asdict(AdaptSettings()), "folds": folds,
+            "deployment": {"settings": dataclasses.asdict(grid[k]), "objective": objective(k, groups),
+                           "pooled_rmse_adapted_all_subjects": float(np.sqrt(np.sum(w * np.array(
+                               [table[k][g] for g in groups]) ** 2) / w.sum())),
+                           "sessions_worse_all_subjects": int(sum(table[k][g] > static[g] + 1e-9 for g in groups)),
+                           "inner_static_mean": float(np.mean(list(static.values())))},
+            "rows": rows, "summary": summary, "timing": timing(96), "seconds": time.perf_counter() - t0,
+            "not_rerun": "slstm, mlstm, mixed, gpr (older 10-epoch single-model figures: docs/models.md)"}
 
 
 # --------------------------------------------------------------------------- refit study (--refit)
@@ -472,7 +590,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="the refit study instead (RLS vs periodic refit on the shipped recipe): refit.{json,md}")
     p.add_argument("--ensemble", type=int, default=3, help="--refit: LSTM members (default 3)")
     p.add_argument("--augment-gain", type=float, default=0.5, help="--refit: gain augmentation (default 0.5)")
+    p.add_argument("--recipe", action="store_true",
+                   help="RLS + guard on the shipped recipe (LSTM ensemble of 3) only, nested choice over "
+                        "RECIPE_GRID (the other architectures not re-run): adapt.{json,md}")
     a = p.parse_args(argv)
+    if a.recipe:
+        res = recipe_study(20 if a.epochs == 10 else a.epochs, a.quick)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "adapt.json").write_text(json.dumps(res, indent=1) + "\n")
+        (a.out / "adapt.md").write_text(markdown(res))
+        print(markdown(res))
+        return 0
     if a.refit:
         res = refit_study(tuple(a.archs.split(",")), 20 if a.epochs == 10 else a.epochs, 0, a.ensemble,
                           a.augment_gain, a.quick)

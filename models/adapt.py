@@ -41,10 +41,15 @@ Drift guard. For each used frame the squared errors of the static and of the ada
 prediction made *when the frame was published* enter a window of ``window`` updates. The
 adapter starts in shadow mode (it adapts, the static prediction is published); once the
 window is full and the adapted RMSE x (1 + ``margin``) is below the static RMSE, the adapted
-prediction is published; when the adapted RMSE exceeds the static RMSE x (1 + ``margin``)
-over the window, it falls back: the static prediction is published again, the window is
+prediction is published; as soon as it no longer wins by that margin (adapted RMSE x (1 +
+``margin``) >= static RMSE over the last ``window`` scored frames, judged at every update), it
+falls back — there is no hysteresis band in which a readout that is losing (or only drawing)
+stays published: the static prediction is published again, the window is
 cleared, ``theta`` and ``P`` are reset to ``theta0`` and ``P0`` (``reset_on_fallback``; else
-they are kept), and it adapts in shadow until it wins again. Errors are compared in standardised units summed over targets.
+they are kept), and it adapts in shadow until it wins a full window again. Errors are compared in
+standardised units summed over targets. The comparison is prequential: each frame's static and
+adapted predictions are those made when it was published, scored when its target arrives and
+before the RLS step learns from that target.
 
 All per-hop work is Numba (``observe``: apply due updates, predict, enqueue); no allocation
 per hop, no torch.
@@ -73,9 +78,9 @@ _LAM, _PCAP, _INNOV, _STEP, _LEAD, _DELAY, _AGE, _MARGIN2, _GAP, _P0, _RESET = r
 
 @dataclass(frozen=True)
 class AdaptSettings:
-    """RLS and guard settings; the defaults of ``lam``, ``delta``, ``max_step``, ``window`` and
-    ``reset_on_fallback`` are the leave-one-subject-out choice over all bundled gait subjects
-    (``exoloop bench adapt``, ``bench/out/adapt/adapt.md``).
+    """RLS and guard settings; the defaults of ``lam``, ``delta``, ``max_step``, ``window``,
+    ``margin`` and ``reset_on_fallback`` are the leave-one-subject-out choice over all bundled
+    gait subjects on the shipped recipe (``exoloop bench adapt --recipe``, ``bench/out/adapt/adapt.md``).
 
     ``lam``: forgetting factor (memory ~ 1 / (1 - lam) updates); ``delta``: ``P0 = I / delta``
     (large: trust the static readout); ``max_innov``: innovation clip (standardised units);
@@ -86,17 +91,17 @@ class AdaptSettings:
     (else it only stops publishing the adapted readout, which keeps learning in shadow)."""
 
     lam: float = 0.98
-    delta: float = 1.0
+    delta: float = 0.1
     max_innov: float = 3.0
-    max_step: float = 1.0
+    max_step: float = 5.0
     trace_cap: float = 10.0
-    window: int = 40
-    margin: float = 0.05
+    window: int = 10
+    margin: float = 0.2
     delay_s: float = 0.1
     max_age_s: float = 1.0
     max_gap_s: float = 0.1
     ring: int = 64
-    reset_on_fallback: bool = False
+    reset_on_fallback: bool = True
 
     def __post_init__(self) -> None:
         checks = {"lam in (0, 1]": 0 < self.lam <= 1, "delta > 0": self.delta > 0,
@@ -230,7 +235,7 @@ def _use(slot, theta, theta0, P, ring_phi, ring_z, win, tot, ctr, par, zt, pphi,
         if ctr[_MODE] == SHADOW and a * par[_MARGIN2] < s:
             ctr[_MODE] = ADAPTING
             ctr[_ENGAGED] += 1
-        elif ctr[_MODE] == ADAPTING and a > s * par[_MARGIN2]:
+        elif ctr[_MODE] == ADAPTING and a * par[_MARGIN2] >= s:  # no longer wins by the margin
             ctr[_MODE] = SHADOW
             ctr[_FALLBACKS] += 1
             ctr[_WCOUNT] = 0

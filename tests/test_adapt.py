@@ -298,6 +298,42 @@ def test_guard_falls_back_on_an_adversarial_shift():
     np.testing.assert_array_equal(out[window_after], stat[window_after])
 
 
+def _observe_one(ad, feat, hk, tk, yk):
+    feat[:] = hk
+    return np.array(ad.observe(tk, 0, yk))
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_guard_falls_back_on_a_deliberately_bad_readout(reset):
+    """Adapting (the targets follow a readout the static one misses), the adapted readout is
+    replaced by a bad one at frame ``k``: the first scored frame published with it makes the
+    window lose, so the guard falls back by the frame at which that frame's target is used
+    (``k + delay_s / DT + 1``), and from then on publishes exactly the static prediction for
+    (at least) a full window."""
+    s = AdaptSettings(window=10, margin=0.2, reset_on_fallback=reset)
+    h, phi, true, static = _session(n=1200, seed=5)
+    n = len(h)
+    t = DT * np.arange(n)
+    feat = np.zeros(h.shape[1])
+    ad = _adapter(static, np.zeros(2), np.ones(2), s, feat)
+    stat = (phi @ static.T).astype(np.float32)
+    ad.add_targets(t, phi @ true.T)
+    out = np.zeros_like(stat)
+    k = 600
+    fb = None
+    for i in range(n):
+        if i == k:
+            assert ad.adapting  # engaged in the first part
+            ad._theta[:] = ad._theta0 + 3.0  # a deliberately bad readout
+        out[i] = _observe_one(ad, feat, h[i], t[i], stat[i])
+        if i >= k and fb is None and not ad.adapting:
+            fb = i
+    assert fb is not None and fb <= k + int(round(s.delay_s / DT)) + 1
+    after = slice(fb, fb + s.window)
+    np.testing.assert_array_equal(out[after], stat[after])
+    assert ad.status()["fallbacks"] >= 1
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="lam in"):
         AdaptSettings(lam=1.5)
