@@ -94,6 +94,19 @@ def train(config: Config, recs: list[RecordingArrays], arch: str, epochs: int, h
     return path
 
 
+def step_session(eng: Any, s: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Step ``eng`` over a session's frames ``s`` (reset at RESTART): the head inputs and the
+    static predictions per frame."""
+    feats = np.zeros((len(s.t), len(eng.features)))
+    static = np.zeros(s.targets.shape, np.float32)
+    for i in range(len(s.t)):
+        if s.flags[i] & fl.RESTART:
+            eng.reset()
+        static[i] = eng.step(s.features[i])
+        feats[i] = eng.features
+    return feats, static
+
+
 def scored_mask(t: np.ndarray, flags: np.ndarray, truth: np.ndarray, rec: RecordingArrays) -> np.ndarray:
     mid = 0.5 * (rec.timestamps[0] + rec.timestamps[-1])
     usable = (flags & (fl.WARMUP | fl.INVALID)) == 0
@@ -334,13 +347,7 @@ def recipe_traces(epochs: int = 20, seed: int = 0, ensemble: int = 3, augment_ga
             s = sw.frames(rec, norm, g)
             model, _ = sw.train("lstm", norm, g)
             eng = CompiledStepEngine(model)
-            feats = np.zeros((len(s.t), len(eng.features)))
-            static = np.zeros(s.targets.shape, np.float32)
-            for i in range(len(s.t)):
-                if s.flags[i] & fl.RESTART:
-                    eng.reset()
-                static[i] = eng.step(s.features[i])
-                feats[i] = eng.features
+            feats, static = step_session(eng, s)
             w, b, m, sd = eng.readout()
             np.savez(f, t=s.t, flags=s.flags, features=feats, static=static,
                      truth=np.where(s.mask, s.targets, np.nan), w=w, b=b, mean=m, std=sd)
@@ -456,13 +463,7 @@ def refit_study(archs: tuple[str, ...], epochs: int, seed: int, ensemble: int, a
         for arch in archs:
             model, train = sw.train(arch, norm, g)
             eng = GPRStepEngine(model) if isinstance(model, GPRModel) else CompiledStepEngine(model)
-            feats = np.zeros((len(s.t), len(eng.features)))
-            static = np.zeros(s.targets.shape, np.float32)
-            for i in range(len(s.t)):
-                if s.flags[i] & fl.RESTART:
-                    eng.reset()
-                static[i] = eng.step(s.features[i])
-                feats[i] = eng.features
+            feats, static = step_session(eng, s)
             tr = Trace(s.t, s.flags, feats, static, truth, scored, rec)
             rls, st = simulate(tr, eng.readout(), AdaptSettings(), 0.0)
             mean = np.broadcast_to(eng.readout()[2].astype(np.float32), static.shape)
