@@ -194,8 +194,8 @@ class Bundle:
         d = self.manifest.get("settle")
         if d is None:
             raise BundleError(f"{self.path}: the bundle has no measured model settling span ('settle'; saved before "
-                              "it existed): measure it on the bundle's training recordings with `python -m "
-                              f"models.settle {self.path} REC...`, or retrain it with "
+                              "it existed): measure it on the bundle's training recordings with `exoloop "
+                              f"settle {self.path} REC...`, or retrain it with "
                               "`exoloop train`")
         try:
             return Settle.from_dict(d).hops

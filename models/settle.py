@@ -26,16 +26,14 @@ are within ``2 * tol`` of each other.
 ``settle_hops`` frames after each), offline: what :class:`rt.loop.Loop` does per frame, for
 references and tests.
 
-``python -m models.settle BUNDLE REC [REC ...]`` measures a bundle on recordings (its training
+``exoloop settle BUNDLE REC [REC ...]`` measures a bundle on recordings (its training
 recordings: the frames are made with the bundle's own front end) and writes the bundle again
 with the ``settle`` field (weights, metrics and everything else unchanged).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
@@ -197,33 +195,3 @@ def gated_run(engine: Any, features: np.ndarray, flags: np.ndarray, settle_hops:
         out[i], out_fl[i] = last, f
     return out, out_fl
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m models.settle BUNDLE REC [REC ...] [--out PATH]``: measure and store the span."""
-    p = argparse.ArgumentParser(prog="python -m models.settle", description=(
-        "Measure a model bundle's settling span (hops from an engine reset until its output stays within "
-        "model.settle_tol of a continuous run) on labelled recordings — the bundle's training recordings — "
-        "and write the bundle again with it (manifest field 'settle'; weights and everything else unchanged)."))
-    p.add_argument("bundle")
-    p.add_argument("recordings", nargs="+", metavar="REC")
-    p.add_argument("--out", help="write here instead of over BUNDLE")
-    p.add_argument("--stride", type=int, default=1, help="every N-th clean frame is a reset offset (default 1)")
-    a = p.parse_args(argv)
-    from models.bundle import load_bundle, save_settle
-    from models.dataset import make_frames
-    from rt.datasets import load_labelled
-
-    b = load_bundle(a.bundle)
-    recs = load_labelled(a.recordings, b.config)
-    lead = float(b.manifest.get("training", {}).get("settings", {}).get("lead_ms", 0.0))
-    sets = [make_frames(b.config, b.norm_stats, r, lead_ms=lead, norm=b.normalisation) for r in recs]
-    s = measure_frame_sets(b.engine("compiled"), sets, b.config.model.settle_tol, stride=a.stride)
-    h = save_settle(b, a.out or a.bundle, s)
-    print(f"{a.out or a.bundle}: settle {s.hops} hops (max {s.max_span}, median {s.median_span:g}, p95 "
-          f"{s.p95_span:g} over {s.offsets} offsets in {s.sessions} sessions, tol {s.tol:g}, unsettled "
-          f"{s.unsettled}); content hash {h}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,6 +28,7 @@ REPORTED: dict[str, tuple[type[BaseException], ...]] = {
     "evaluate": (ValueError, OSError),
     "features": (ValueError, OSError),
     "replay": (ValueError, OSError),
+    "settle": (ValueError, OSError),
     "run": (ValueError, OSError, LookupError, RuntimeError),
     "train": (ValueError, OSError),
 }
@@ -42,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model bundle on recordings"),
     "evaluate": ("evaluate", "evaluate a model bundle on recordings"),
     "calibrate": ("calibrate", "calibrate a population model to a patient (LSL or recordings): statistics + fine-tune"),
+    "settle": ("settle", "measure a bundle's settling span after an engine reset and store it in the bundle"),
     "forecast": ("forecast", "Lag-Llama: serve horizons, fine-tune, evaluate"),
     "bench": ("bench", "benchmarks side by side with their baselines"),
     "record": ("record", "crash-safe recording of a live LSL stream"),

@@ -148,7 +148,7 @@ class Loop:
             settle_hops = getattr(engine, "settle_hops", 0)
             if settle_hops is None:
                 raise ValueError(f"model bundle {getattr(engine, 'settle_source', '?')} has no measured model settling "
-                                 "span ('settle'; saved before it existed): add it with `python -m models.settle "
+                                 "span ('settle'; saved before it existed): add it with `exoloop settle "
                                  "BUNDLE REC...` on the bundle's training recordings, or retrain with `exoloop train`")
         self.settle_hops = int(settle_hops)
         #: frames after a FLAT/LOW_LEVEL frame still flagged WARMUP: the front end's span in hops

@@ -64,7 +64,7 @@ def test_the_shipped_bundle_carries_its_measured_span(bundle):
     assert bundle.engine("compiled").settle_hops == s.hops
 
 
-def test_a_bundle_without_the_span_is_refused_by_the_loop_naming_the_fix(bundle, tmp_path):
+def test_a_bundle_without_the_span_is_refused_by_the_loop_naming_the_fix(bundle, tmp_path, uci_files):
     from models.bundle import BundleError, load_bundle, save_bundle, save_derived
     from rt.loop import Loop
 
@@ -73,10 +73,21 @@ def test_a_bundle_without_the_span_is_refused_by_the_loop_naming_the_fix(bundle,
     save_bundle(old, config=bundle.config, norm_stats=bundle.norm_stats, kind=m["kind"], arch=m["arch"],
                 arrays=dict(bundle.arrays), training=m["training"], normalisation=m["normalisation"])
     b = load_bundle(old)
-    with pytest.raises(BundleError, match=r"no measured model settling span.*python -m models\.settle"):
+    with pytest.raises(BundleError, match=r"no measured model settling span.*exoloop settle"):
         b.settle_hops
-    with pytest.raises(ValueError, match=r"no measured model settling span.*python -m models\.settle"):
+    with pytest.raises(ValueError, match=r"no measured model settling span.*exoloop settle"):
         Loop(b.config, b.frontend(), b.engine("compiled"), source=None)
+    # the fix the message names, as a user runs it (one recording, every 25th reset offset)
+    import subprocess
+    import sys
+
+    rec = next(f for f in uci_files if f.stem == "1Amar")
+    done = subprocess.run([sys.executable, "-m", "rt.cli", "settle", str(old), str(rec), "--stride", "25"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    fixed = load_bundle(old)
+    assert fixed.settle_hops > 0 and fixed.manifest["settle"]["sessions"] == 1 and f"{fixed.settle_hops} hops" in done.stdout
+    np.testing.assert_array_equal(fixed.arrays[next(iter(fixed.arrays))], b.arrays[next(iter(b.arrays))])
     # a derived bundle (the adaptation's) carries the span over
     save_derived(bundle, tmp_path / "d.exo", arrays={}, training={"note": "derived"})
     assert load_bundle(tmp_path / "d.exo").settle_hops == bundle.settle_hops
