@@ -48,6 +48,8 @@ class SessionNormFrontEnd:
         self.n_features = self._timing.n_features
         self.n_channels = self._timing.n_channels
         self.delay_samples: int = self._timing.delay_samples
+        #: a bad row's flag lasts this many rows (the window plus the chain's settling span)
+        self.span_samples: int = self._timing.span_samples
         #: frames whose newest input row index is below this are flagged WARMUP.
         self.warmup_samples: int = max(self.n_collect, self._timing.warmup_samples)
         self._buf_t = np.zeros(self.n_collect)

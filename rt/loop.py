@@ -152,8 +152,7 @@ class Loop:
                                  "BUNDLE REC...` on the bundle's training recordings, or retrain with `exoloop train`")
         self.settle_hops = int(settle_hops)
         #: frames after a FLAT/LOW_LEVEL frame still flagged WARMUP: the front end's span in hops
-        span = getattr(frontend, "span_samples", None) or getattr(getattr(frontend, "_timing", None), "span_samples", 0)
-        self.span_frames = -(-int(span) // config.frontend.window.hop)
+        self.span_frames = -(-int(getattr(frontend, "span_samples", 0)) // config.frontend.window.hop)
         self.config = config
         self.frontend = frontend
         self.engine = engine
