@@ -17,10 +17,8 @@ returns non-finite values, the last finite values are published instead with
 non-finite otherwise).
 
 Flags the loop adds to the front end's: RATE (the source's measured rate is off nominal or not
-yet verified: ``source.chunk_flags``; or, for sources on the local LSL clock, the chunk's own
-timestamps, from the previous chunk's newest, span more than 2.5 sample periods more or less
-than its samples at the nominal rate: samples missing or extra, seen at once, before an arrival
-rate can be measured), and, for sources on the local LSL clock, STALE (the
+yet verified, or a chunk's own stamps disagree with its sample count: ``source.chunk_flags``,
+:class:`rt.sources.LslSource`), and, for sources on the local LSL clock, STALE (the
 frame's age ``t_pub - t_src`` exceeds one hop either way: the loop is behind real time, e.g.
 after being stopped, or the timestamps are not on this clock). Restarts: the front end
 restarts itself at a time jump; on a reconnect (``source.stats.reconnects`` changed) the loop
@@ -262,10 +260,6 @@ class Loop:
         timeout = self.pull_timeout_s
         spin = self.spin_s if local else 0.0
         fs = self.config.stream.fs
-        period, last_ts = 1.0 / fs, math.nan  # the previous chunk's newest stamp
-        # a rate fault's 10-sample chunk is off by >= 4 periods; 2.5 leaves the clock-offset
-        # refresh of an LSL inlet (ms-size steps on a loaded host) unflagged, below a gap (3)
-        stamp_tol = 2.5 * period
         expected, lag = math.inf, math.nan  # next chunk's expected arrival; typical arrival - newest stamp
         stop = stop or threading.Event()
         start = clock()
@@ -294,10 +288,6 @@ class Loop:
                     reconnects = stats.reconnects
                     restart_fe()
                 src_flags = int(getattr(src, "chunk_flags", 0)) & rate_bit
-                newest = float(ts[-1])
-                if local and abs(newest - last_ts - n * period) > stamp_tol:  # stamps: samples missing / extra
-                    src_flags |= rate_bit  # (NaN after a start: no previous chunk, no check)
-                last_ts = newest
                 frames = fe.push(ts, x)
                 t2 = clock()
                 h_fe.add(t2 - t1)

@@ -3,7 +3,9 @@
 Both ``pull(timeout)`` and return ``(timestamps float64[n], samples float32[n, C])`` views that
 stay valid until the next pull. ``chunk_flags`` holds the ``kernels.flags`` bits for the last
 chunk (GAP when samples were lost before or inside it, NONMONOTONIC when time went backwards,
-RATE while the measured rate is off nominal or not yet verified; the loop passes RATE on).
+RATE while the measured rate is off nominal or not yet verified, or (LslSource) when the chunk's
+own stamps disagree with its sample count by more than :data:`STAMP_TOL_PERIODS`; the loop
+passes RATE on).
 
 Rate (LslSource): samples *arrived* per second of this host's LSL clock — pulled plus still
 queued in the inlet, so a consumer that falls behind does not bias it — re-measured at every
@@ -49,6 +51,12 @@ ANCHOR_S = 0.05
 #: healthy stream is within 1 % over 1 s (one 10-sample chunk at 1000 Hz); 5 % over 2 s also
 #: tolerates a sender that stalls for up to ~100 ms and catches up.
 RATE_TOL = 0.05
+#: A chunk whose stamps, from the previous chunk's newest, span more than this many sample periods
+#: more or less than its samples at the nominal rate is flagged RATE at once (samples missing or
+#: extra, before an arrival rate can be measured): a rate fault's 10-sample chunk is off by >= 4
+#: periods; 2.5 leaves an LSL inlet's clock-offset refresh (ms-size steps on a loaded host)
+#: unflagged, below a gap (``stream.gap_factor`` = 3).
+STAMP_TOL_PERIODS = 2.5
 
 
 class StreamMismatch(ValueError):
@@ -286,6 +294,8 @@ class LslSource:
             self._win_n += n
         if (steps <= 0).any():
             self.chunk_flags |= flags.NONMONOTONIC
+        if self._t_last is not None and abs(ts[-1] - self._t_last - n / fs) > STAMP_TOL_PERIODS / fs:
+            self.chunk_flags |= flags.RATE  # the chunk's stamps disagree with its sample count
         st.samples += n
         self._t_last = float(ts[-1])
         st.lag_s = pylsl.local_clock() - self._t_last
